@@ -1,0 +1,19 @@
+"""What every command line shares: expected failures become one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from .errors import BimambaError
+
+
+def run_main(prog: str, work: Callable[[], int]) -> int:
+    try:
+        return work()
+    except BimambaError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
