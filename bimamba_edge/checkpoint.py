@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from .errors import BimambaError
 
@@ -27,7 +27,7 @@ MAMBA_SSM = "mamba_ssm"
 TRANSFORMERS = "transformers"
 
 PROJECTIONS = ("in_proj", "out_proj")  # the FBI-Linear layers of a Mamba2 mixer
-_SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,52 @@ def _int(cfg: dict, key: str, where: str) -> int:
     return value
 
 
+def _safetensors_index(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype, int]]:
+    """Shape, dtype and absolute byte offset of every tensor, with the header checked against the file.
+
+    Tensors are then read with plain positioned reads rather than a memory map: mapped pages of a
+    multi-GB checkpoint would stay in this process's resident set until the end of the conversion.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else size
+        if n > size - 8:
+            raise BimambaError(f"{path}: corrupt or truncated safetensors file (header of {n} bytes in a "
+                               f"{size}-byte file)")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BimambaError(f"{path}: corrupt or truncated safetensors file (header is not JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise BimambaError(f"{path}: corrupt safetensors file (header is not a JSON object)")
+    index = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = _SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise BimambaError(f"{path}: tensor {key} has an unsupported dtype or a malformed header entry "
+                               f"({json.dumps(info)[:80]})") from None
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if end - begin != nbytes or begin < 0 or 8 + n + end > size:
+            raise BimambaError(f"{path}: corrupt or truncated safetensors file (tensor {key} lies outside the file)")
+        index[key] = (shape, dtype, 8 + n + begin)
+    return index
+
+
+def _read_tensor(path: Path, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    buffer = bytearray(math.prod(shape) * torch.empty((), dtype=dtype).element_size())
+    with open(path, "rb") as f:
+        f.seek(offset)
+        if f.readinto(buffer) != len(buffer):
+            raise BimambaError(f"{path}: truncated while reading a tensor at byte {offset}")
+    if not buffer:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
 def expected_shapes(cfg: MambaConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a checkpoint of this config must hold (FBI scale/shift excepted), by canonical name."""
     shapes: dict[str, tuple[int, ...]] = {
@@ -269,14 +315,9 @@ class Checkpoint:
         self._dtypes[name] = dtype
 
     def _add_safetensors(self, path: Path) -> None:
-        try:
-            handle = safe_open(str(path), framework="pt")
-            for key in handle.keys():
-                sl = handle.get_slice(key)
-                self._add(path, key, tuple(sl.get_shape()), _SAFETENSORS_DTYPES.get(sl.get_dtype(), sl.get_dtype()),
-                          lambda h=handle, k=key: h.get_tensor(k))
-        except SafetensorError as e:
-            raise BimambaError(f"{path}: corrupt or truncated safetensors file ({e})") from None
+        for key, (shape, dtype, offset) in _safetensors_index(path).items():
+            self._add(path, key, shape, str(dtype).removeprefix("torch."),
+                      lambda o=offset, s=shape, d=dtype: _read_tensor(path, o, s, d))
 
     def _add_pickle(self, path: Path) -> None:
         try:
@@ -360,10 +401,7 @@ class Checkpoint:
         """One tensor as float32, exactly (bf16 and fp16 widen without rounding)."""
         if name not in self._readers:
             raise BimambaError(f"{self.directory}: missing tensor {name}")
-        try:
-            tensor = self._readers[name]()
-        except SafetensorError as e:
-            raise BimambaError(f"{self.directory}: could not read {name} ({e})") from None
+        tensor = self._readers[name]()
         if not tensor.is_floating_point():
             raise BimambaError(f"{self.directory}: tensor {name} is {tensor.dtype}, not floating point")
         tensor = tensor.to(torch.float32)
