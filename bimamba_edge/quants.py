@@ -61,5 +61,6 @@ def quantize(x: np.ndarray) -> np.ndarray:
     if n % QK_BM1:
         raise ValueError(f"BM1 rows need a multiple of {QK_BM1} weights, got {n}")
     x = x.astype(np.float32)
-    d = np.abs(x).reshape(rows, n // QK_BM1, QK_BM1).mean(axis=2, dtype=np.float32)
+    # mean in double, then float, then half: the same roundings as the C reference
+    d = np.abs(x).reshape(rows, n // QK_BM1, QK_BM1).mean(axis=2, dtype=np.float64).astype(np.float32)
     return pack(x >= 0, d)

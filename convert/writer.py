@@ -24,7 +24,7 @@ from .vocab import load_vocab
 
 BIMAMBA_ARCH = "bimamba2"   # BM1 matrices + FBI scale/shift: needs the patched llama.cpp
 MAMBA2_ARCH = "mamba2"      # dense effective weights: runs on stock llama.cpp
-OUTTYPES = {"bm1": None, "f16": F16, "f32": F32}
+OUTTYPES = {"bm1": F16, "f16": F16, "f32": F32}  # with bm1: the type of matrices that are not binarized
 LLAMA_FTYPE = {F32: gguf.LlamaFileType.ALL_F32, F16: gguf.LlamaFileType.MOSTLY_F16}
 
 
@@ -92,7 +92,7 @@ def convert(checkpoint_dir: str | Path, out_path: str | Path, options: ConvertOp
         raise BimambaError(f"{ckpt.directory}: per-channel D (D_has_hdim) needs the bimamba2 architecture; "
                            "use --outtype bm1")
     vocab = load_vocab(ckpt.tokenizer_path())
-    dense_type = OUTTYPES[options.outtype] or F16
+    dense_type = OUTTYPES[options.outtype]
     plan, scaling = plan_tensors(ckpt, bimamba=bimamba, dense_type=dense_type, head_type=HEAD_TYPES[head_name],
                                  binarize_sign=options.binarize == "sign")
     zeros = count_zero_latents(ckpt) if bimamba else {}

@@ -1,0 +1,225 @@
+"""`bimamba-build`: the patched llama.cpp runtime, built from the pinned upstream sdist.
+
+1. fetch llama-cpp-python's sdist by exact version with pip and verify its sha256 (upstream.py);
+2. copy its tree and apply every `ggml-patches/*.patch` in name order (a hunk that does not apply stops
+   the build, naming the patch);
+3. build llama.cpp with CMake: shared libraries, the tools (llama-bench, llama-quantize,
+   llama-perplexity) and the tests (test-quantize-fns, test-bm1);
+4. install that tree's llama-cpp-python (Python part only) and gguf-py into the current environment and
+   put the freshly built libraries into `llama_cpp/lib`, so `import llama_cpp` loads the patched build.
+
+Everything is cached under a key hashed from the sdist, the patches' contents and the build flags:
+nothing is rebuilt unless one of them changes, and a changed input can never reuse a stale build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import upstream
+from .cli_util import run_main
+from .errors import BimambaError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PATCH_DIR = REPO_ROOT / "ggml-patches"
+TOOLS = ("llama-bench", "llama-quantize", "llama-perplexity")
+# test-backend-ops is left out: it checks other backends against the CPU one, and only the CPU is built here.
+TESTS = ("test-quantize-fns", "test-bm1")
+RUNTIME_RECORD = "runtime.json"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where a finished build lives."""
+
+    key: str
+    source: str      # patched llama.cpp tree
+    build_dir: str   # CMake build; binaries and libraries in bin/
+    flags: list[str]
+
+    def binary(self, name: str) -> Path:
+        return Path(self.build_dir) / "bin" / name
+
+
+def patches() -> list[Path]:
+    found = sorted(PATCH_DIR.glob("*.patch"))
+    if not found:
+        raise BimambaError(f"{PATCH_DIR}: no patches found (run from a clone of bimamba-edge)")
+    return found
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:16]
+
+
+def patches_key() -> str:
+    return _digest(upstream.SDIST_SHA256.encode(), *(p.name.encode() + b"\0" + p.read_bytes() for p in patches()))
+
+
+def cmake_flags(portable: bool) -> list[str]:
+    flags = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON",
+             "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_TOOLS=ON",
+             "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DGGML_METAL=OFF", "-DGGML_BLAS=OFF"]
+    if not portable:
+        return flags + ["-DGGML_NATIVE=ON"]
+    flags.append("-DGGML_NATIVE=OFF")
+    if platform.machine().lower() in ("x86_64", "amd64"):  # AVX2 machines (2013 on) as the portable floor
+        flags += ["-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON"]
+    return flags
+
+
+def patched_tree() -> Path:
+    """A copy of the sdist with our patches applied, cached by the patches' hash."""
+    tree = upstream.cache_dir() / f"patched-{patches_key()}"
+    complete = tree / ".bimamba-complete"
+    if complete.exists():
+        return tree
+    shutil.rmtree(tree, ignore_errors=True)
+    staging = tree.with_name(tree.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(upstream.source_tree(), staging, symlinks=True)
+    llama_dir = staging / "vendor" / "llama.cpp"
+    for patch in patches():
+        proc = subprocess.run(["git", "apply", "--whitespace=nowarn", str(patch)], cwd=llama_dir,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            first = (proc.stderr.strip().splitlines() or ["no message"])[0]
+            shutil.rmtree(staging, ignore_errors=True)
+            raise BimambaError(f"{patch.name} does not apply to llama-cpp-python "
+                               f"{upstream.LLAMA_CPP_PYTHON_VERSION}: {first}")
+    os.replace(staging, tree)
+    complete.write_text(patches_key() + "\n")
+    return tree
+
+
+def _run(cmd: list[str], what: str, log: Path, **kwargs) -> None:
+    """Runs a build step with its output in a log file; a failure names the step and the log."""
+    print(f"bimamba-build: {what}", file=sys.stderr, flush=True)
+    with open(log, "a") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, **kwargs)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-15:]
+        print("\n".join(tail), file=sys.stderr)
+        raise BimambaError(f"{what} failed (exit {proc.returncode}); full log: {log}")
+
+
+def build(portable: bool = False, jobs: int | None = None) -> Runtime:
+    source = patched_tree()
+    flags = cmake_flags(portable)
+    key = _digest(patches_key().encode(), " ".join(flags + list(TOOLS + TESTS)).encode(), platform.machine().encode())
+    build_dir = upstream.cache_dir() / f"build-{key}"
+    runtime = Runtime(key, str(source), str(build_dir), flags)
+    log = upstream.cache_dir() / f"build-{key}.log"
+    done = build_dir / ".bimamba-complete"
+    if not done.exists():
+        llama_dir = source / "vendor" / "llama.cpp"
+        jobs = jobs or os.cpu_count() or 2
+        _run(["cmake", "-S", str(llama_dir), "-B", str(build_dir), *flags], "configuring llama.cpp", log)
+        _run(["cmake", "--build", str(build_dir), "--config", "Release", "-j", str(jobs), "--target", "llama",
+              *TOOLS, *TESTS], f"compiling llama.cpp with {jobs} jobs (several minutes on 2 cores)", log)
+        done.write_text(key + "\n")
+    _install_python(runtime, log)
+    (upstream.cache_dir() / RUNTIME_RECORD).write_text(json.dumps(asdict(runtime), indent=2))
+    return runtime
+
+
+def _install_python(runtime: Runtime, log: Path) -> None:
+    """llama-cpp-python (without its own compile) and gguf-py from the patched tree, then our libraries."""
+    spec = importlib.util.find_spec("llama_cpp")
+    lib_dir = Path(spec.origin).parent / "lib" if spec and spec.origin else None
+    if lib_dir and (lib_dir / ".bimamba-build").exists() and (lib_dir / ".bimamba-build").read_text() == runtime.key:
+        return
+    source = Path(runtime.source)
+    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--force-reinstall", "--disable-pip-version-check"]
+    env = dict(os.environ, CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF")
+    _run([*pip, str(source)], "installing llama-cpp-python (bindings only)", log, env=env)
+    _run([*pip, str(source / "vendor" / "llama.cpp" / "gguf-py")], "installing the patched gguf-py", log)
+    spec = importlib.util.find_spec("llama_cpp")
+    lib_dir = Path(spec.origin).parent / "lib"
+    lib_dir.mkdir(exist_ok=True)
+    suffixes = (".so", ".dylib")
+    for lib in Path(runtime.build_dir, "bin").iterdir():
+        if lib.name.startswith("lib") and (lib.suffix in suffixes or ".so." in lib.name):
+            shutil.copy2(lib, lib_dir / lib.name, follow_symlinks=True)
+    (lib_dir / ".bimamba-build").write_text(runtime.key)
+
+
+def current_runtime() -> Runtime:
+    """The last build, provided it was built from the patches as they are now."""
+    record = upstream.cache_dir() / RUNTIME_RECORD
+    if not record.exists():
+        raise BimambaError("the patched llama.cpp runtime is not built: run `bimamba-build` (README)")
+    runtime = Runtime(**json.loads(record.read_text()))
+    if not Path(runtime.source).name.endswith(patches_key()):
+        raise BimambaError("ggml-patches/ changed since the runtime was built: run `bimamba-build` again")
+    return runtime
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bimamba-build", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--portable", action="store_true",
+                        help="no -march=native: AVX2 floor on x86-64, plain NEON on arm64")
+    parser.add_argument("-j", "--jobs", type=int, default=None, help="parallel compile jobs (default: all cores)")
+    args = parser.parse_args(argv)
+
+    def work() -> int:
+        runtime = build(portable=args.portable, jobs=args.jobs)
+        print(f"runtime {runtime.key}: {runtime.build_dir}")
+        return 0
+
+    return run_main("bimamba-build", work)
+
+
+# -- NEON without a Mac: ggml cross-built for aarch64, its BM1 tests run under qemu-user ----------------
+
+AARCH64_VARIANTS = {"dotprod": "armv8.2-a+dotprod", "plain": "armv8-a"}
+KERNEL_TESTS = ("test-bm1", "test-quantize-fns")  # need only ggml, so they are linked against it directly
+
+
+def cross_build_aarch64(variant: str, jobs: int | None = None) -> Path:
+    """Static ggml for aarch64 with -march from AARCH64_VARIANTS, plus the BM1 kernel tests; returns bin dir.
+
+    Needs Debian's g++-aarch64-linux-gnu. Only ggml is built (llama.cpp's own test targets would drag in
+    libllama and its HTTP client, ten minutes a variant on 2 cores).
+    """
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        raise BimambaError("aarch64-linux-gnu-g++ not found (Debian: apt-get install g++-aarch64-linux-gnu qemu-user)")
+    march = AARCH64_VARIANTS[variant]
+    source = patched_tree() / "vendor" / "llama.cpp"
+    key = _digest(patches_key().encode(), march.encode(), b"aarch64-ggml")
+    build_dir = upstream.cache_dir() / f"aarch64-{variant}-{key}"
+    bin_dir = build_dir / "tests"
+    if (build_dir / ".bimamba-complete").exists():
+        return bin_dir
+    log = upstream.cache_dir() / f"aarch64-{variant}-{key}.log"
+    jobs = str(jobs or os.cpu_count() or 2)
+    _run(["cmake", "-S", str(source / "ggml"), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+          "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
+          "-DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc", "-DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++",
+          "-DGGML_NATIVE=OFF", f"-DGGML_CPU_ARM_ARCH={march}", "-DGGML_OPENMP=OFF", "-DBUILD_SHARED_LIBS=OFF",
+          "-DGGML_BUILD_TESTS=OFF", "-DGGML_BUILD_EXAMPLES=OFF"], f"configuring ggml for aarch64 ({march})", log)
+    _run(["cmake", "--build", str(build_dir), "-j", jobs, "--target", "ggml", "ggml-cpu", "ggml-base"],
+         f"compiling ggml for aarch64 ({march})", log)
+    bin_dir.mkdir(exist_ok=True)
+    libs = [next(build_dir.rglob(f"lib{name}.a")) for name in ("ggml", "ggml-cpu", "ggml-base")]
+    for test in KERNEL_TESTS:
+        _run(["aarch64-linux-gnu-g++", "-O2", "-std=c++17", f"-I{source / 'ggml' / 'include'}",
+              str(source / "tests" / f"{test}.cpp"), *map(str, libs), "-lpthread", "-lm", "-static",
+              "-o", str(bin_dir / test)], f"linking {test} for aarch64 ({march})", log)
+    (build_dir / ".bimamba-complete").write_text(key + "\n")
+    return bin_dir

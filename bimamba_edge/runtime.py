@@ -1,0 +1,152 @@
+"""The patched llama.cpp, driven through llama-cpp-python: load a GGUF, get logits, generate.
+
+A thin layer: llama_cpp.Llama does the work. What it adds is what a user of the 1-bit files needs:
+a preflight that turns a truncated file, a foreign architecture or corrupted tensor data into one
+clear error (ggml's own `ggml_validate_row_data` checks every tensor, BM1 included), llama.cpp's log
+captured instead of sprayed on stderr, and prompt / generation speed from `llama_perf_context`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import BimambaError
+
+ARCHITECTURES = ("bimamba2", "mamba2")
+_log_lines: list[str] = []
+
+
+def _import_llama_cpp():
+    """llama_cpp from the patched build (bimamba-build), with llama.cpp's log kept for error messages."""
+    from .build import current_runtime
+
+    current_runtime()  # refuses a missing or stale build with a clear message
+    try:
+        import llama_cpp
+    except (ImportError, OSError) as e:
+        raise BimambaError(f"llama_cpp from the patched build cannot be loaded ({e}); run `bimamba-build`") from None
+    if not hasattr(_import_llama_cpp, "callback"):
+        @llama_cpp.llama_log_callback
+        def keep(level, text, user_data):
+            _log_lines.append(text.decode("utf-8", "replace"))
+            del _log_lines[:-200]
+        llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
+        _import_llama_cpp.callback = keep  # the C side holds a pointer: keep the function alive
+    return llama_cpp
+
+
+def _last_error() -> str:
+    errors = [line.strip() for line in _log_lines if "error" in line.lower() or "failed" in line.lower()]
+    return errors[-1] if errors else "no reason given by llama.cpp"
+
+
+def preflight(path: Path) -> dict:
+    """Reads the GGUF's header and validates every tensor's data with ggml; returns the metadata that matters."""
+    import gguf  # the patched gguf-py knows BM1
+
+    _import_llama_cpp()
+    if not path.is_file():
+        raise BimambaError(f"{path}: no such file")
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:  # gguf-py raises bare ValueError/IndexError/KeyError on damaged files
+        raise BimambaError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+    arch_field = reader.fields.get("general.architecture")
+    arch = bytes(arch_field.parts[-1]).decode() if arch_field else "(none)"
+    if arch not in ARCHITECTURES:
+        raise BimambaError(f"{path}: architecture {arch!r} is not a Mamba-2 model ({' or '.join(ARCHITECTURES)})")
+    from llama_cpp import _ggml  # the ggml library the bindings loaded
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    validate = _ggml.libggml.ggml_validate_row_data
+    validate.argtypes, validate.restype = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t], ctypes.c_bool
+    for tensor in reader.tensors:
+        data = np.ascontiguousarray(tensor.data)
+        if data.nbytes != tensor.n_bytes:
+            raise BimambaError(f"{path}: tensor {tensor.name} is cut short (file truncated?)")
+        with suppress_stdout_stderr(disable=False):  # ggml prints its own finding; ours is the one line
+            valid = validate(int(tensor.tensor_type), data.ctypes.data, data.nbytes)
+        if not valid:
+            raise BimambaError(f"{path}: tensor {tensor.name} holds invalid data (NaN/inf scales or values)")
+    return {"arch": arch, "n_tensors": len(reader.tensors)}
+
+
+@dataclass
+class Speed:
+    prompt_tokens: int
+    prompt_seconds: float
+    generated_tokens: int
+    generated_seconds: float
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds else float("nan")
+
+    @property
+    def generation_tps(self) -> float:
+        return self.generated_tokens / self.generated_seconds if self.generated_seconds else float("nan")
+
+
+class Model:
+    """A GGUF loaded in the patched llama.cpp. `logits` and `generate` restart from an empty state."""
+
+    def __init__(self, path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None, seed: int = 0,
+                 check: bool = True):
+        self.path = Path(path)
+        self.info = preflight(self.path) if check else {}
+        llama_cpp = _import_llama_cpp()
+        threads = n_threads or os.cpu_count() or 1
+        try:
+            self.llama = llama_cpp.Llama(str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=threads,
+                                         n_threads_batch=threads, logits_all=True, seed=seed, verbose=False)
+        except ValueError:
+            raise BimambaError(f"{self.path}: llama.cpp could not load it: {_last_error()}") from None
+        self.n_vocab = self.llama.n_vocab()
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.llama.tokenize(text.encode(), add_bos=add_bos)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.llama.detokenize(tokens).decode("utf-8", "replace")
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """Logits (len(tokens), n_vocab) of every position, from an empty state."""
+        self.llama.reset()
+        self.llama.eval(tokens)
+        return np.array(self.llama.scores[: len(tokens)], dtype=np.float32)
+
+    def generate(self, prompt_tokens: list[int], max_tokens: int, *, temp: float = 0.0, top_k: int = 40,
+                 top_p: float = 0.95) -> Iterator[int]:
+        """Token ids as they come; temp 0 is greedy (deterministic). Stops at end-of-sequence."""
+        eos = self.llama.token_eos()
+        self.llama.reset()  # never reuse a cached prefix: a recurrent state cannot be rolled back
+        _import_llama_cpp().llama_perf_context_reset(self.llama._ctx.ctx)
+        for n, token in enumerate(self.llama.generate(prompt_tokens, top_k=top_k, top_p=top_p, min_p=0.0,
+                                                      temp=temp, repeat_penalty=1.0, reset=True)):
+            if token == eos or n >= max_tokens:
+                return
+            yield token
+
+    def speed(self) -> Speed:
+        """Prompt and generation speed of the last run, as llama.cpp timed it (no Python overhead)."""
+        data = _import_llama_cpp().llama_perf_context(self.llama._ctx.ctx)
+        return Speed(data.n_p_eval, data.t_p_eval_ms / 1e3, data.n_eval, data.t_eval_ms / 1e3)
+
+
+def load(path: str | Path, **kwargs) -> Model:
+    """`bimamba_edge.load("model.gguf")` -> Model with tokenize / logits / generate."""
+    return Model(path, **kwargs)
+
+
+def peak_rss_bytes() -> int:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
