@@ -208,11 +208,14 @@ def cross_build_aarch64(variant: str, jobs: int | None = None) -> Path:
         return bin_dir
     log = upstream.cache_dir() / f"aarch64-{variant}-{key}.log"
     jobs = str(jobs or os.cpu_count() or 2)
-    _run(["cmake", "-S", str(source / "ggml"), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+    # configured through llama.cpp's top level (the sdist lacks files for a standalone ggml), ggml targets only
+    _run(["cmake", "-S", str(source), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
           "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
           "-DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc", "-DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++",
           "-DGGML_NATIVE=OFF", f"-DGGML_CPU_ARM_ARCH={march}", "-DGGML_OPENMP=OFF", "-DBUILD_SHARED_LIBS=OFF",
-          "-DGGML_BUILD_TESTS=OFF", "-DGGML_BUILD_EXAMPLES=OFF"], f"configuring ggml for aarch64 ({march})", log)
+          "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+          "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_COMMON=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF"],
+         f"configuring ggml for aarch64 ({march})", log)
     _run(["cmake", "--build", str(build_dir), "-j", jobs, "--target", "ggml", "ggml-cpu", "ggml-base"],
          f"compiling ggml for aarch64 ({march})", log)
     bin_dir.mkdir(exist_ok=True)
