@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="bm1: 1-bit BM1 matrices + FBI scale/shift, arch bimamba2 (default); f16/f32: effective "
                              "weights materialized, plain mamba2 for stock llama.cpp and baselines")
     parser.add_argument("--head-type", choices=list(HEAD_TYPES), default=None,
-                        help="type of the token embedding / output head (default f16; f32 with --outtype f32)")
+                        help="type of the token embedding / output head (default f16; f32 with --outtype f32); "
+                             "q6_K uses ggml's quantizer from the patched build (bimamba-build)")
     parser.add_argument("--binarize", choices=["sign"], default=None,
                         help="sign: post-training binarization of plain matrices (absmean per block), the paper's "
                              "baseline for a full-precision Mamba-2")

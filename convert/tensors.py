@@ -21,8 +21,9 @@ from bimamba_edge.checkpoint import Checkpoint
 from bimamba_edge.errors import BimambaError
 from bimamba_edge.reference import fbi_weight
 
-F32, F16, Q8_0 = GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.Q8_0
-HEAD_TYPES = {"f32": F32, "f16": F16, "q8_0": Q8_0}
+F32, F16, Q8_0, Q6_K = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.Q8_0,
+                        GGMLQuantizationType.Q6_K)
+HEAD_TYPES = {"f32": F32, "f16": F16, "q8_0": Q8_0, "q6_K": Q6_K}
 FBI_SCALING_IDS = {None: 0, "column": 1, "row": 2, "single": 1}  # single is written as column
 
 GGUF_PROJ_NAMES = {"in_proj": "ssm_in", "out_proj": "ssm_out"}
@@ -64,6 +65,9 @@ def _encode(values: torch.Tensor, ggml_type: int) -> np.ndarray:
         return np.ascontiguousarray(array, dtype=np.float32)
     if ggml_type == F16:
         return array.astype(np.float16)
+    if ggml_type == Q6_K:  # gguf-py has no Q6_K quantizer: use ggml's own, from the patched build
+        from bimamba_edge import ggml
+        return ggml.quantize(array, ggml_type)
     return gguf_quantize(array, GGMLQuantizationType(ggml_type))
 
 

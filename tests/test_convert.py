@@ -103,6 +103,21 @@ def test_layout_of_the_other_tensors(make_checkpoint, tmp_path):
     assert list(tensors["blk.1.ssm_norm.weight"].shape) == [cfg.d_inner // 2, 2]  # ggml order
 
 
+@pytest.mark.parametrize("head_type,rel_error", [("f16", 1e-3), ("q8_0", 1e-2), ("q6_K", 3e-2)])
+def test_head_types(make_checkpoint, tmp_path, head_type, rel_error):
+    import gguf
+
+    directory = make_checkpoint()
+    out = tmp_path / "model.gguf"
+    assert run_convert(directory, out, "--head-type", head_type).returncode == 0
+    _, tensors = read_gguf(out)
+    head = tensors["token_embd.weight"]
+    assert head.tensor_type.name == head_type.upper()
+    values = np.asarray(head.data) if head_type == "f16" else gguf.quants.dequantize(np.asarray(head.data), head.tensor_type)
+    expected = Checkpoint(directory).load("backbone.embedding.weight").numpy()
+    assert np.sqrt(np.mean((values - expected) ** 2)) / np.sqrt(np.mean(expected ** 2)) < rel_error
+
+
 def test_dense_export_is_plain_mamba2_with_effective_weights(make_checkpoint, tmp_path):
     directory = make_checkpoint(scaling="column")
     out = tmp_path / "model.gguf"
