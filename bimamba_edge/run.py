@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from .cli_util import run_main
 from .runtime import load, peak_rss_bytes
@@ -30,17 +31,23 @@ def main(argv: list[str] | None = None) -> int:
         print(args.prompt, end="", flush=True)
         generated: list[int] = []
         shown = ""
+        start = first = time.perf_counter()
         for token in model.generate(prompt, args.max_tokens, temp=args.temp, top_k=args.top_k, top_p=args.top_p):
+            if not generated:
+                first = time.perf_counter()
             generated.append(token)
             text = model.detokenize(generated)  # whole text: multi-byte characters may span tokens
             if not text.endswith("\ufffd"):
                 print(text[len(shown):], end="", flush=True)
                 shown = text
+        end = time.perf_counter()
         print()
-        speed = model.speed()
+        # as mlx-lm: the prompt's time is the time to the first token, generation the tokens after it
+        prompt_tps = len(prompt) / (first - start) if generated else float("nan")
+        generation_tps = (len(generated) - 1) / (end - first) if len(generated) > 1 else float("nan")
         print("=" * 10, file=sys.stderr)
-        print(f"Prompt: {speed.prompt_tokens} tokens, {speed.prompt_tps:.3f} tokens-per-sec", file=sys.stderr)
-        print(f"Generation: {len(generated)} tokens, {speed.generation_tps:.3f} tokens-per-sec", file=sys.stderr)
+        print(f"Prompt: {len(prompt)} tokens, {prompt_tps:.3f} tokens-per-sec", file=sys.stderr)
+        print(f"Generation: {len(generated)} tokens, {generation_tps:.3f} tokens-per-sec", file=sys.stderr)
         print(f"Peak memory: {peak_rss_bytes() / 1e9:.3f} GB", file=sys.stderr)
         return 0
 

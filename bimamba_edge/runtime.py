@@ -3,7 +3,7 @@
 A thin layer: llama_cpp.Llama does the work. What it adds is what a user of the 1-bit files needs:
 a preflight that turns a truncated file, a foreign architecture or corrupted tensor data into one
 clear error (ggml's own `ggml_validate_row_data` checks every tensor, BM1 included), llama.cpp's log
-captured instead of sprayed on stderr, and prompt / generation speed from `llama_perf_context`.
+captured instead of sprayed on stderr.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -78,22 +77,6 @@ def preflight(path: Path) -> dict:
     return {"arch": arch, "n_tensors": len(reader.tensors)}
 
 
-@dataclass
-class Speed:
-    prompt_tokens: int
-    prompt_seconds: float
-    generated_tokens: int
-    generated_seconds: float
-
-    @property
-    def prompt_tps(self) -> float:
-        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds else float("nan")
-
-    @property
-    def generation_tps(self) -> float:
-        return self.generated_tokens / self.generated_seconds if self.generated_seconds else float("nan")
-
-
 class Model:
     """A GGUF loaded in the patched llama.cpp. `logits` and `generate` restart from an empty state."""
 
@@ -127,17 +110,11 @@ class Model:
         """Token ids as they come; temp 0 is greedy (deterministic). Stops at end-of-sequence."""
         eos = self.llama.token_eos()
         self.llama.reset()  # never reuse a cached prefix: a recurrent state cannot be rolled back
-        _import_llama_cpp().llama_perf_context_reset(self.llama._ctx.ctx)
         for n, token in enumerate(self.llama.generate(prompt_tokens, top_k=top_k, top_p=top_p, min_p=0.0,
                                                       temp=temp, repeat_penalty=1.0, reset=True)):
             if token == eos or n >= max_tokens:
                 return
             yield token
-
-    def speed(self) -> Speed:
-        """Prompt and generation speed of the last run, as llama.cpp timed it (no Python overhead)."""
-        data = _import_llama_cpp().llama_perf_context(self.llama._ctx.ctx)
-        return Speed(data.n_p_eval, data.t_p_eval_ms / 1e3, data.n_eval, data.t_eval_ms / 1e3)
 
 
 def load(path: str | Path, **kwargs) -> Model:
