@@ -1,7 +1,7 @@
 """ggml's own type traits and quantizers, from the patched build's libggml-base through ctypes.
 
-Used where the converter needs a type numpy does not implement (Q6_K heads) and by the tests that hold
-the C layout of BM1 against its numpy definition.
+Used where the converter needs a type numpy does not implement (Q6_K heads), by the runtime's preflight
+(ggml's own row validation), and by the tests that hold the C layout of BM1 against its numpy definition.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def libggml_base() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(current_runtime().binary("libggml-base" + suffix)))
     lib.ggml_get_type_traits.restype = ctypes.POINTER(TypeTraits)
     lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    lib.ggml_validate_row_data.restype = ctypes.c_bool
+    lib.ggml_validate_row_data.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t
     lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
@@ -57,3 +59,9 @@ def dequantize(data: np.ndarray, ggml_type: int) -> np.ndarray:
     out = np.empty((rows, n), np.float32)
     _TO_FLOAT(t.to_float)(np.ascontiguousarray(data).ctypes.data, out.ctypes.data, rows * n)
     return out
+
+
+def validate_row_data(ggml_type: int, data: np.ndarray) -> bool:
+    """ggml's check of stored tensor data (NaN/inf values or block scales); it prints its finding to stderr."""
+    data = np.ascontiguousarray(data)
+    return bool(libggml_base().ggml_validate_row_data(ggml_type, data.ctypes.data, data.nbytes))

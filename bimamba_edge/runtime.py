@@ -61,17 +61,16 @@ def preflight(path: Path) -> dict:
     arch = bytes(arch_field.parts[-1]).decode() if arch_field else "(none)"
     if arch not in ARCHITECTURES:
         raise BimambaError(f"{path}: architecture {arch!r} is not a Mamba-2 model ({' or '.join(ARCHITECTURES)})")
-    from llama_cpp import _ggml  # the ggml library the bindings loaded
     from llama_cpp._utils import suppress_stdout_stderr
 
-    validate = _ggml.libggml.ggml_validate_row_data
-    validate.argtypes, validate.restype = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t], ctypes.c_bool
+    from .ggml import validate_row_data
+
     for tensor in reader.tensors:
         data = np.ascontiguousarray(tensor.data)
         if data.nbytes != tensor.n_bytes:
             raise BimambaError(f"{path}: tensor {tensor.name} is cut short (file truncated?)")
         with suppress_stdout_stderr(disable=False):  # ggml prints its own finding; ours is the one line
-            valid = validate(int(tensor.tensor_type), data.ctypes.data, data.nbytes)
+            valid = validate_row_data(int(tensor.tensor_type), data)
         if not valid:
             raise BimambaError(f"{path}: tensor {tensor.name} holds invalid data (NaN/inf scales or values)")
     return {"arch": arch, "n_tensors": len(reader.tensors)}
