@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -41,12 +41,12 @@ class ConvertSummary:
     arch: str
     file_bytes: int
     parameters: int
-    bytes_by_group: dict[str, int] = field(default_factory=dict)
-    elements_by_group: dict[str, int] = field(default_factory=dict)
-    types_by_group: dict[str, set[str]] = field(default_factory=dict)
-    zero_latents: int = 0
-    zero_latent_tensors: int = 0
-    paper_shape: str | None = None
+    bytes_by_group: dict[str, int]
+    elements_by_group: dict[str, int]
+    types_by_group: dict[str, set[str]]
+    zero_latents: int
+    zero_latent_tensors: int
+    paper_shape: str | None  # the paper's model of this shape, when there is one
 
     def lines(self) -> list[str]:
         out = [f"wrote {self.path} ({self.arch}): {self.file_bytes / 1e9:.3f} GB, {self.parameters / 1e6:.1f} M parameters"]
@@ -120,16 +120,16 @@ def convert(checkpoint_dir: str | Path, out_path: str | Path, options: ConvertOp
     finally:
         tmp_path.unlink(missing_ok=True)
 
-    summary = ConvertSummary(out_path, arch, out_path.stat().st_size, ckpt.parameter_count(),
-                             zero_latents=sum(zeros.values()), zero_latent_tensors=sum(1 for z in zeros.values() if z))
-    bytes_by, elems_by, types_by = defaultdict(int), defaultdict(int), defaultdict(set)
+    bytes_by, elements_by, types_by = defaultdict(int), defaultdict(int), defaultdict(set)
     for t in plan:
         bytes_by[t.group] += t.nbytes
-        elems_by[t.group] += t.n_elements
+        elements_by[t.group] += t.n_elements
         types_by[t.group].add(type_name(t.ggml_type))
-    summary.bytes_by_group, summary.elements_by_group, summary.types_by_group = dict(bytes_by), dict(elems_by), dict(types_by)
-    summary.paper_shape = next((k for k, c in PAPER_SHAPES.items()
-                                if (c.d_model, c.n_layer) == (cfg.d_model, cfg.n_layer) and bimamba and has_fbi), None)
+    paper_shape = next((k for k, c in PAPER_SHAPES.items()
+                        if (c.d_model, c.n_layer) == (cfg.d_model, cfg.n_layer) and bimamba and has_fbi), None)
+    summary = ConvertSummary(out_path, arch, out_path.stat().st_size, ckpt.parameter_count(), dict(bytes_by),
+                             dict(elements_by), dict(types_by), sum(zeros.values()),
+                             sum(1 for z in zeros.values() if z), paper_shape)
     return summary
 
 

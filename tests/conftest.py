@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from bimamba_edge.testing import FixtureSpec, small_config, write_checkpoint
@@ -16,3 +19,9 @@ def make_checkpoint(tmp_path_factory):
         return write_checkpoint(tmp_path_factory.mktemp("ckpt"), spec)
 
     return make
+
+
+def run_convert(*args) -> subprocess.CompletedProcess:
+    """bimamba-convert as a user runs it, in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "bimamba_edge.convert.cli", *map(str, args)],
+                          capture_output=True, text=True)

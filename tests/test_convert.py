@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,11 +13,7 @@ from safetensors.torch import load_file, save_file
 from bimamba_edge import quants
 from bimamba_edge.checkpoint import Checkpoint
 from bimamba_edge.testing import small_config
-
-
-def run_convert(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bimamba_edge.convert.cli", *map(str, args)],
-                          capture_output=True, text=True)
+from conftest import run_convert
 
 
 def read_gguf(path):

@@ -20,6 +20,14 @@ def test_c_traits_match_the_python_definition():
     assert (traits.blck_size, traits.type_size, traits.is_quantized) == (quants.QK_BM1, quants.BLOCK_BYTES, True)
 
 
+def test_patched_gguf_py_agrees_with_the_python_definition():
+    import gguf
+
+    assert gguf.GGMLQuantizationType.BM1 == quants.GGML_TYPE_BM1
+    assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.BM1] == (quants.QK_BM1, quants.BLOCK_BYTES)
+    assert gguf.LlamaFileType.MOSTLY_BM1 == quants.LLAMA_FTYPE_MOSTLY_BM1
+
+
 def test_c_dequantizes_what_numpy_packs():
     rng = np.random.default_rng(0)
     rows, n = 5, 1536

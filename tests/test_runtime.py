@@ -16,6 +16,7 @@ from bimamba_edge import runtime
 from bimamba_edge.checkpoint import Checkpoint
 from bimamba_edge.reference import ReferenceModel
 from bimamba_edge.testing import small_config
+from conftest import run_convert
 
 # every layout and scaling pattern the converter supports, at small shapes
 VARIANTS = {
@@ -37,8 +38,7 @@ FIDELITY_COSINE = 0.998
 
 
 def convert(directory, out, *args):
-    proc = subprocess.run([sys.executable, "-m", "bimamba_edge.convert.cli", str(directory), str(out), *args],
-                          capture_output=True, text=True)
+    proc = run_convert(directory, out, *args)
     assert proc.returncode == 0, proc.stderr
     return out
 
