@@ -3,8 +3,8 @@
 A `.model` file is a serialized `ModelProto` (sentencepiece_model.proto, proto2): a repeated
 `SentencePiece pieces = 1`, then `TrainerSpec trainer_spec = 2` and `NormalizerSpec
 normalizer_spec = 3`. This module reads and writes that wire format, rebuilds LLaMA-2's
-tokenizer.model from llama.cpp's test vocab, and trains small BPE models for llama.cpp's SPM
-tokenizer.
+tokenizer.model from llama.cpp's test vocab, trains small BPE models for llama.cpp's SPM
+tokenizer, and tokenizes exactly as llama.cpp's SPM tokenizer does (`Tokenizer`).
 
 Proto2 keeps presence: a field that was never set is not written, even when it holds the default.
 So the two specs are kept as dicts of only the fields that are set. serialize(parse(data)) == data
@@ -23,7 +23,10 @@ from heapq import heapify, heappop, heappush
 from pathlib import Path
 from typing import Any
 
-import gguf
+try:
+    import gguf
+except ImportError:  # a training machine may lack gguf-py: only token_types and the LLaMA-2 rebuild need it
+    gguf = None
 
 
 class PieceType(IntEnum):
@@ -424,29 +427,41 @@ def llama2_tokenizer_model(vocab_gguf: Path) -> bytes:
 WHITESPACE = "\u2581"  # '▁', SentencePiece's visible space
 
 
-def _words(text: str) -> Counter[str]:
-    """Word frequencies as SentencePiece sees them: each line is a sentence with a dummy-prefix
-    space, spaces become '▁', and every word starts at a '▁' (so pieces never span words)."""
+def _words(text: str, line_prefix: bool = True) -> Counter[str]:
+    """Word frequencies as the tokenizer sees them: spaces become '▁' and every word starts at a '▁'
+    (so pieces never span words) or at the start of a line.
+
+    line_prefix=True is spm_train's view: each line is a sentence with its own dummy-prefix space.
+    line_prefix=False is llama.cpp's view of one document: only the text's start gets the dummy
+    prefix, so a word that opens any other line has no '▁' (and newlines never join a piece).
+    """
     words: Counter[str] = Counter()
-    for line in text.splitlines():
-        words.update(re.findall(f"{WHITESPACE}[^{WHITESPACE}]*", WHITESPACE + line.replace(" ", WHITESPACE)))
+    for n, line in enumerate(text.splitlines()):
+        prefix = WHITESPACE if line_prefix or n == 0 else ""
+        words.update(re.findall(f"{WHITESPACE}[^{WHITESPACE}]*|[^{WHITESPACE}]+", prefix + line.replace(" ", WHITESPACE)))
     return words
 
 
-def train_bpe(text: str, vocab_size: int) -> SentencePieceModel:
+def train_bpe(text: str, vocab_size: int, *, line_prefix: bool = True) -> SentencePieceModel:
     """A SentencePiece-style BPE model for llama.cpp's SPM tokenizer, trained on text.
 
+    line_prefix: whether every line starts with the dummy-prefix space (spm_train's sentences), or
+    only the first (one document, as llama.cpp tokenizes a text with newlines in it); see _words.
+
     Pieces: <unk>, <s>, </s>, the 256 byte pieces, then one piece per merge with score -rank, so
-    the tokenizer (which merges the best-scoring pair first) replays the merges in order. Single
-    characters are not pieces; byte fallback covers those never merged. Stops early when no pair
-    is left. Ties go to the lexicographically smallest pair, so the result is deterministic.
+    the tokenizer (which merges the best-scoring pair first) replays the merges in order, and last
+    '▁' alone (score -n_merges): a space before a character no merge absorbs ("August 9") must stay
+    a piece, or byte fallback would spell it as the bytes of '▁' and it would decode as '▁', not ' '.
+    Other single characters are not pieces; byte fallback covers those never merged. Stops early
+    when no pair is left. Ties go to the lexicographically smallest pair, so the result is
+    deterministic.
     """
     pieces = [Piece("<unk>", 0.0, PieceType.UNKNOWN), Piece("<s>", 0.0, PieceType.CONTROL),
               Piece("</s>", 0.0, PieceType.CONTROL)]
     pieces += [Piece(f"<0x{b:02X}>", 0.0, PieceType.BYTE) for b in range(256)]
-    if vocab_size <= len(pieces):
-        raise ValueError(f"vocab_size {vocab_size} leaves no room for merges after {len(pieces)} fixed pieces")
-    counts = _words(text)
+    if vocab_size <= len(pieces) + 1:
+        raise ValueError(f"vocab_size {vocab_size} leaves no room for merges after {len(pieces) + 1} fixed pieces")
+    counts = _words(text, line_prefix)
     words = [list(word) for word in counts]   # each unique word as its current symbols
     freqs = list(counts.values())
 
@@ -462,7 +477,7 @@ def train_bpe(text: str, vocab_size: int) -> SentencePieceModel:
 
     known = {piece.text for piece in pieces}
     rank = 0
-    while len(pieces) < vocab_size and heap:
+    while len(pieces) < vocab_size - 1 and heap:
         negative_count, pair = heappop(heap)
         if pair_counts.get(pair, 0) != -negative_count:
             continue
@@ -505,9 +520,133 @@ def train_bpe(text: str, vocab_size: int) -> SentencePieceModel:
                 heappush(heap, (-pair_counts[p], p))
             else:
                 del pair_counts[p]
+    pieces.append(Piece(WHITESPACE, float(-rank), PieceType.NORMAL))
 
     return SentencePieceModel(
         pieces,
         {"model_type": ModelType.BPE, "vocab_size": len(pieces), "byte_fallback": True},
         {"name": "identity", "add_dummy_prefix": True, "remove_extra_whitespaces": False},
     )
+
+
+# ---- tokenizing as llama.cpp does ---------------------------------------------------------------
+
+class Tokenizer:
+    """llama.cpp's SPM tokenizer (llama-vocab.cpp, `llm_tokenizer_spm`) for a SentencePieceModel, in Python.
+
+    What llama.cpp does with `add_special=True, parse_special=False` (llama-cpp-python's
+    `Llama.tokenize(text, add_bos=True)`, llama-perplexity's tokenization): BOS if asked; the dummy-prefix
+    space; spaces escaped to '▁'; the text split into UTF-8 characters; then, repeatedly, the adjacent pair
+    whose concatenation is a piece with the highest score is merged (ties: the leftmost pair); symbols
+    that are not pieces at the end become byte pieces. Piece text lookups keep the last of duplicate
+    texts, as llama.cpp's map does.
+
+    Merges cannot cross a point that no piece spans, so the text is cut at such points (before each '▁'
+    when no piece holds a '▁' past its first character; around each newline when no piece holds one)
+    and each distinct segment is tokenized once: the result is the same, only faster.
+    """
+
+    def __init__(self, model: SentencePieceModel):
+        self.model = model
+        self.ids = {piece.text: i for i, piece in enumerate(model.pieces)}
+        self.scores = [piece.score for piece in model.pieces]
+        self.bos_id = model.bos_id
+        texts = [piece.text for piece in model.pieces]
+        cuts = []
+        if not any(WHITESPACE in text[1:] for text in texts):
+            cuts.append(f"(?={WHITESPACE})")
+        if not any("\n" in text for text in texts):
+            cuts.append("(?=\n)|(?<=\n)")
+        self._cut = re.compile("|".join(cuts)) if cuts else None
+        self._cache: dict[str, list[int]] = {}
+        self._byte_ids: list[int] | None = None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Tokenizer":
+        return cls(parse(Path(path).read_bytes()))
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        out = [self.bos_id] if add_bos and 0 <= self.bos_id < len(self.model.pieces) else []
+        if not text:
+            return out  # llama.cpp tokenizes no fragment at all for an empty text
+        if self.model.add_dummy_prefix:
+            text = " " + text
+        text = text.replace(" ", WHITESPACE)
+        for segment in (self._cut.split(text) if self._cut else [text]):
+            if not segment:
+                continue
+            ids = self._cache.get(segment)
+            if ids is None:
+                ids = self._encode_segment(segment)
+                if len(self._cache) < 1 << 20:
+                    self._cache[segment] = ids
+            out += ids
+        return out
+
+    def _byte_id(self, byte: int) -> int:
+        if self._byte_ids is None:
+            missing = [b for b in range(256) if f"<0x{b:02X}>" not in self.ids]
+            if missing:
+                raise ValueError(f"the tokenizer has no byte piece <0x{missing[0]:02X}> (byte fallback) for "
+                                 "a character it cannot spell")
+            self._byte_ids = [self.ids[f"<0x{b:02X}>"] for b in range(256)]
+        return self._byte_ids[byte]
+
+    def _encode_segment(self, text: str) -> list[int]:
+        # Symbol i starts at character i; a merge grows the left symbol and empties the right one.
+        n = len(text)
+        length = [1] * n
+        prev = list(range(-1, n - 1))
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        heap: list[tuple[float, int, int, int]] = []
+
+        def add(left: int, right: int) -> None:
+            if left < 0 or right < 0:
+                return
+            size = length[left] + length[right]
+            token = self.ids.get(text[left:left + size])
+            if token is not None:
+                heappush(heap, (-self.scores[token], left, right, size))
+
+        for i in range(1, n):
+            add(i - 1, i)
+        while heap:
+            _, left, right, size = heappop(heap)
+            if not length[left] or not length[right] or length[left] + length[right] != size:
+                continue  # one side was merged since this pair was queued
+            length[left] = size
+            length[right] = 0
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prev[nxt[right]] = left
+            add(prev[left], left)
+            add(left, nxt[left])
+        out = []
+        i = 0
+        while i != -1:
+            piece = text[i:i + length[i]]
+            token = self.ids.get(piece)
+            if token is not None:
+                out.append(token)
+            else:
+                out += [self._byte_id(b) for b in piece.encode("utf-8")]
+            i = nxt[i]
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        """Pieces back to text: '▁' -> space, byte pieces -> bytes, control pieces dropped, and the
+        dummy-prefix space removed when the ids start with BOS (as llama-cpp-python's detokenize)."""
+        out = bytearray()
+        for i in ids:
+            piece = self.model.pieces[i]
+            if piece.type == PieceType.BYTE:
+                out.append(int(piece.text[3:5], 16))
+            elif piece.type in (PieceType.NORMAL, PieceType.USER_DEFINED):
+                out += piece.text.replace(WHITESPACE, " ").encode("utf-8")
+            elif piece.type == PieceType.UNKNOWN:
+                out += self.model.trainer_spec.get("unk_surface", " \u2047 ").encode("utf-8")
+        text = out.decode("utf-8", "replace")
+        if ids and ids[0] == self.bos_id and self.model.add_dummy_prefix and text.startswith(" "):
+            text = text[1:]
+        return text

@@ -114,11 +114,12 @@ def test_malformed_input_names_what_and_where(data, message):
     assert "byte offset" in str(error.value) and "\n" not in str(error.value)
 
 
-def naive_bpe(text: str, vocab_size: int) -> list[str]:
-    """Plain BPE, recounting every pair each step: the merged texts train_bpe must produce."""
-    words = {tuple(word): count for word, count in spm._words(text).items()}
+def naive_bpe(text: str, vocab_size: int, line_prefix: bool = True) -> list[str]:
+    """Plain BPE, recounting every pair each step: the merged texts train_bpe must produce (before its
+    final '▁' piece)."""
+    words = {tuple(word): count for word, count in spm._words(text, line_prefix).items()}
     merged_texts: list[str] = []
-    while 259 + len(merged_texts) < vocab_size:
+    while 260 + len(merged_texts) < vocab_size:
         pairs = Counter()
         for word, count in words.items():
             for pair in zip(word, word[1:]):
@@ -150,9 +151,10 @@ def test_train_bpe_layout():
     assert model.pieces[:3] == [Piece("<unk>", 0.0, PieceType.UNKNOWN), Piece("<s>", 0.0, PieceType.CONTROL),
                                 Piece("</s>", 0.0, PieceType.CONTROL)]
     assert model.pieces[3:259] == [Piece(f"<0x{b:02X}>", 0.0, PieceType.BYTE) for b in range(256)]
-    merges = model.pieces[259:]
+    merges, space = model.pieces[259:-1], model.pieces[-1]
     assert all(piece.type == PieceType.NORMAL and len(piece.text) >= 2 for piece in merges)
     assert [piece.score for piece in merges] == [float(-rank) for rank in range(len(merges))]
+    assert space == Piece("▁", float(-len(merges)), PieceType.NORMAL)
     assert "▁the" in texts and "▁dog" in texts and not any("\n" in text or " " in text for text in texts)
     assert model.model_type == ModelType.BPE and model.byte_fallback
     assert model.add_dummy_prefix and not model.remove_extra_whitespaces
@@ -166,8 +168,63 @@ def test_train_bpe_round_trips_and_is_deterministic():
 
 def test_train_bpe_merges_are_plain_bpe():
     text = PARAGRAPH * 3 + "aaaa aaaaa abab ababab bbbb abba baba\n"
-    assert [piece.text for piece in spm.train_bpe(text, 400).pieces[259:]] == naive_bpe(text, 400)
+    assert [piece.text for piece in spm.train_bpe(text, 400).pieces[259:]] == naive_bpe(text, 400) + ["▁"]
 
 
 def test_train_bpe_stops_when_nothing_is_left_to_merge():
-    assert [piece.text for piece in spm.train_bpe("ab ab", 1000).pieces[259:]] == ["ab", "▁ab"]
+    assert [piece.text for piece in spm.train_bpe("ab ab", 1000).pieces[259:]] == ["ab", "▁ab", "▁"]
+
+
+def test_train_bpe_without_line_prefix_sees_one_document():
+    """Only the text's first word gets the dummy prefix: words opening later lines are counted bare."""
+    assert spm._words("ab cd\nef gh\n\nij", line_prefix=False) == Counter(["▁ab", "▁cd", "ef", "▁gh", "ij"])
+    assert spm._words("ab cd\nef", line_prefix=True) == Counter(["▁ab", "▁cd", "▁ef"])
+    text = "The dog.\nThe cat.\nThe end of it.\n"
+    texts = [piece.text for piece in spm.train_bpe(text, 300, line_prefix=False).pieces[259:]]
+    assert texts == naive_bpe(text, 300, line_prefix=False) + ["▁"] and "The" in texts
+
+
+# ---- Tokenizer: llama.cpp's SPM algorithm (checked against the runtime in test_ppl.py) ---------------------
+
+def toy_model(merges: list[tuple[str, float]]) -> SentencePieceModel:
+    pieces = [Piece("<unk>", 0.0, PieceType.UNKNOWN), Piece("<s>", 0.0, PieceType.CONTROL),
+              Piece("</s>", 0.0, PieceType.CONTROL)]
+    pieces += [Piece(f"<0x{b:02X}>", 0.0, PieceType.BYTE) for b in range(256)]
+    pieces += [Piece(text, score, PieceType.NORMAL) for text, score in merges]
+    return SentencePieceModel(pieces, {"model_type": ModelType.BPE, "byte_fallback": True},
+                              {"add_dummy_prefix": True, "remove_extra_whitespaces": False})
+
+
+def test_tokenizer_merges_best_score_first_then_leftmost():
+    model = toy_model([("ab", -1.0), ("bc", 0.0), ("▁a", -2.0), ("▁abc", -0.5), ("aa", -3.0)])
+    tok = spm.Tokenizer(model)
+    ids = {piece.text: i for i, piece in enumerate(model.pieces)}
+    # "▁abc": bc (0.0) beats ab (-1.0), which is then stale; ▁a (-2.0) next; then ▁a + bc is a piece
+    assert tok.encode("abc", add_bos=False) == [ids["▁abc"]]
+    space_bytes = [3 + b for b in "▁".encode()]  # no '▁' piece in this toy: byte fallback
+    assert tok.encode("xbc", add_bos=False) == [*space_bytes, 3 + ord("x"), ids["bc"]]
+    # equal scores: the leftmost pair wins ("▁aaa" -> ▁ a a a -> ▁ aa a, never ▁ a aa)
+    tied = toy_model([("aa", -1.0)])
+    a_byte, aa = 3 + ord("a"), len(tied.pieces) - 1
+    assert spm.Tokenizer(tied).encode("aaa", add_bos=False) == [*space_bytes, aa, a_byte]
+    assert tok.encode("", add_bos=True) == [1] and tok.encode("", add_bos=False) == []
+
+
+def test_tokenizer_byte_fallback_and_decode():
+    tok = spm.Tokenizer(toy_model([("▁a", 0.0)]))
+    ids = tok.encode("a é", add_bos=True)
+    # "▁" before "é" is no piece here: its three UTF-8 bytes, then é's two
+    assert ids == [1, 259, *(3 + b for b in "▁".encode()), *(3 + b for b in "é".encode())]
+    assert tok.decode(ids) == "a▁é"  # which is why train_bpe always keeps a '▁' piece
+
+
+def test_tokenizer_cuts_are_exact():
+    """Cutting the text at '▁' and newlines (the speed-up) gives what one whole-text pass gives."""
+    model = spm.train_bpe(PARAGRAPH * 2, 400, line_prefix=False)
+    tok = spm.Tokenizer(model)
+    assert tok._cut is not None
+    whole = spm.Tokenizer(model)
+    whole._cut = None
+    for text in (PARAGRAPH, "  two  spaces\n\nand lines\n", "tail ", "é\nb"):
+        assert tok.encode(text) == whole.encode(text)
+        assert tok.decode(tok.encode(text)) == text
