@@ -127,8 +127,7 @@ def reference_scorer(directory: Path, threads: int | None) -> Scorer:
     from .reference import ReferenceModel
     from .spm import Tokenizer
 
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or 1)  # token-by-token matrix-vector products: more threads mostly contend
     ckpt = Checkpoint(directory)
     tokenizer = Tokenizer(load_vocab(ckpt.tokenizer_path()).model)
     reference = ReferenceModel(ckpt)
@@ -155,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-f", "--file", required=True, help="UTF-8 text to score")
     parser.add_argument("-c", "--ctx", type=int, default=512, help="window length n_ctx in tokens (default 512)")
     parser.add_argument("--chunks", type=int, default=None, help="score at most this many windows (default: all)")
-    parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("-t", "--threads", type=int, default=None,
+                        help="CPU threads (default: all cores for a GGUF; 1 for the reference, whose token-by-token "
+                             "products gain nothing from more)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = parser.parse_args(argv)
 
@@ -165,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         text = read_text(args.file)
         scorer = scorer_for(args.model, args.ctx, args.threads)
         tokens = scorer.tokens(text)
+        n = len(llama_windows(tokens, args.ctx, scorer.bos_id, args.chunks))  # refuses a text too short first
         if not args.json:
-            n = min(len(tokens) // args.ctx, args.chunks or len(tokens))
             print(f"{args.model}: {scorer.backend}; {len(tokens)} tokens, {n} windows of {args.ctx}, "
                   f"{args.ctx // 2 - 1} scored in each", file=sys.stderr)
 
