@@ -18,23 +18,9 @@ PROMPT = "It is a truth universally acknowledged"
 N_TOKENS = 64
 
 
-def demo_checkpoint(work: Path) -> tuple[Path, bool]:
-    """(checkpoint directory, whether it is the trained model)."""
-    if (DEMO_CHECKPOINT / "config.json").is_file():
-        return DEMO_CHECKPOINT, True
-    # TODO(lead): remove this fallback once the trained student is committed at DEMO_CHECKPOINT
-    # (tools/train_tiny.py; see the README's "Training the demo model"). Until then the demo runs the same
-    # chain on a random-weight fixture, and its text is gibberish.
-    from .testing import FixtureSpec, small_config, write_checkpoint
-
-    return write_checkpoint(work / "checkpoint", FixtureSpec(small_config(n_layer=4))), False
-
-
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bimamba-demo-"))
-    checkpoint, trained = demo_checkpoint(work)
-    if not trained:
-        print(f"(no trained model at {DEMO_CHECKPOINT}: using a random-weight fixture)", flush=True)
+    checkpoint = DEMO_CHECKPOINT
     gguf_path = work / "austen-tiny.gguf"
     steps = [
         (f"bimamba-convert {checkpoint} {gguf_path}",
@@ -46,8 +32,6 @@ def main() -> int:
         print(f"$ {shown}", flush=True)
         if subprocess.run(cmd).returncode != 0:
             return 1
-    if not trained:
-        print("(random weights: the text is gibberish until the trained demo model ships)")
     return 0
 
 
