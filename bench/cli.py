@@ -17,6 +17,7 @@ from pathlib import Path
 from bimamba_edge.cli_util import run_main
 from bimamba_edge.errors import BimambaError
 
+from .llamabench import features
 from .models import COMPARISON_SET, build_set, scan_models
 from .suite import Settings, Suite
 
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bandwidth-mib", type=int, default=1024, help="probe buffer (default 1024 MiB)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed to one llama-bench process")
     parser.add_argument("--no-plots", action="store_true", help="JSON and markdown only")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="make (or find) the model files, print their directory and stop: copy it to another "
+                             "machine and run there with --models DIR")
     args = parser.parse_args(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
 
@@ -122,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         cache = _cache_root(args.cache)
         bench, quantize, build = _runtime_tools(args)
+        features(bench)  # a wrong --llama-bench fails here, before any model is made
         if args.models:
             models = scan_models(Path(args.models), types if args.types != parser.get_default("types") else None)
             source = {"checkpoint": None, "models_dir": str(Path(args.models).resolve())}
@@ -130,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             models = build_set(ckpt, types, cache / "bench-models", quantize, log)
             source = {"checkpoint": str(ckpt.resolve()), "models_dir": str(models[0].path.parent)}
         log(f"models ready in {time.monotonic() - t0:.0f} s: " + ", ".join(m.id for m in models))
+        if args.prepare_only:
+            for m in models:
+                print(f"{m.id:<10} {m.header.file_bytes / 1e6:9.1f} MB  {m.path}")
+            return 0
         settings = Settings(threads=threads, n_prompt=args.n_prompt, n_gen=args.n_gen, reps=args.reps,
                             depths=depths, long_context_models=[t.strip() for t in args.long_context_types.split(",")],
                             long_context_threads=args.long_context_threads, energy=args.energy,
