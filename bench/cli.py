@@ -57,6 +57,20 @@ def _fixture(shape: str, cache: Path, log) -> Path:
     return directory
 
 
+def _recorded_runtime():
+    """The build runtime.json names, read without current_runtime()'s patch check: only to label a
+    --llama-bench that lives in it (e.g. a build made from newer patches than this checkout's)."""
+    import json
+
+    from bimamba_edge import upstream
+    from bimamba_edge.build import RUNTIME_RECORD, Runtime
+
+    try:
+        return Runtime(**json.loads((upstream.cache_dir() / RUNTIME_RECORD).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def _runtime_tools(args) -> tuple[Path, Path | None, dict]:
     """llama-bench (and llama-quantize) from the arguments or from the current patched build."""
     runtime = None
@@ -70,9 +84,10 @@ def _runtime_tools(args) -> tuple[Path, Path | None, dict]:
                 raise BimambaError(f"{e} (or pass --llama-bench PATH)") from None
     bench = Path(args.llama_bench) if args.llama_bench else runtime.binary("llama-bench")
     quantize = Path(args.llama_quantize) if args.llama_quantize else (runtime.binary("llama-quantize") if runtime else None)
-    same_build = runtime is not None and bench.resolve().parent == Path(runtime.build_dir, "bin").resolve()
-    build = {"llama_bench": str(bench), "runtime_key": runtime.key if same_build else None,
-             "flags": list(runtime.flags) if same_build else None}
+    label = runtime or _recorded_runtime()
+    same_build = label is not None and bench.resolve().parent == Path(label.build_dir, "bin").resolve()
+    build = {"llama_bench": str(bench), "runtime_key": label.key if same_build else None,
+             "flags": list(label.flags) if same_build else None}
     return bench, quantize, build
 
 
@@ -107,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bandwidth-seconds", type=float, default=1.0, help="probe time per thread count")
     parser.add_argument("--bandwidth-mib", type=int, default=1024, help="probe buffer (default 1024 MiB)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed to one llama-bench process")
+    parser.add_argument("--quiet-wait", type=float, default=300.0,
+                        help="before each llama-bench process, wait up to this many seconds for other work on the "
+                             "machine to stop (default 300; 0: do not wait)")
+    parser.add_argument("--max-foreign", type=float, default=0.2,
+                        help="rerun (twice at most) a process during which other work used more than this many "
+                             "cores on average, or more than the cores it leaves idle (Linux /proc/stat; default 0.2)")
     parser.add_argument("--no-plots", action="store_true", help="JSON and markdown only")
     parser.add_argument("--prepare-only", action="store_true",
                         help="make (or find) the model files, print their directory and stop: copy it to another "
@@ -143,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                             depths=depths, long_context_models=[t.strip() for t in args.long_context_types.split(",")],
                             long_context_threads=args.long_context_threads, energy=args.energy,
                             idle_s=args.idle_seconds, bandwidth_s=args.bandwidth_seconds,
-                            bandwidth_bytes=args.bandwidth_mib << 20, timeout_s=args.timeout)
+                            bandwidth_bytes=args.bandwidth_mib << 20, timeout_s=args.timeout,
+                            quiet_wait_s=args.quiet_wait, max_foreign_share=args.max_foreign)
         suite = Suite(models, bench, settings, cache=cache / "bench-probe", build=build, source=source,
                       command=["bimamba-bench", *(argv if argv is not None else sys.argv[1:])], log=log)
         doc = suite.run()

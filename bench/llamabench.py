@@ -61,13 +61,42 @@ def peak_rss_bytes(ru_maxrss: int) -> int:
 # llama-bench would report max(our peak, its peak). The launcher is a bare `python -S` (about 10 MB):
 # that is the floor it passes on, well below any model's footprint.
 LAUNCHER = """
-import json, os, sys
+import json, os, resource, sys
 pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
 _, status, ru = os.wait4(pid, 0)
+me = resource.getrusage(resource.RUSAGE_SELF)
 with open(sys.argv[1], "w") as f:
     json.dump({"exitcode": os.waitstatus_to_exitcode(status), "utime": ru.ru_utime, "stime": ru.ru_stime,
-               "maxrss": ru.ru_maxrss}, f)
+               "maxrss": ru.ru_maxrss, "launcher_cpu": me.ru_utime + me.ru_stime}, f)
 """
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (Linux /proc/stat), None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_quiet(max_wait_s: float, busy_cores_allowed: float = 0.25, log=None) -> float:
+    """Waits (up to max_wait_s) until the machine is idle for one second; returns the seconds waited."""
+    waited, first = 0.0, True
+    while waited < max_wait_s:
+        before = machine_busy_s()
+        if before is None:
+            return waited
+        time.sleep(1.0)
+        if machine_busy_s() - before <= busy_cores_allowed:
+            return waited
+        if first and log:
+            log("  (the CPU is busy with other work: waiting for it to go quiet)")
+            first = False
+        waited += 1.0
+    return waited
 
 
 @dataclass
@@ -82,6 +111,12 @@ class BenchProcess:
     end: Mark
     tokens: int                  # tokens the process evaluated: warm-up included (see `tokens_processed`)
     stderr_tail: list[str] = field(default_factory=list)
+    foreign_cpu_s: float | None = None   # CPU seconds others used on this machine during the process
+
+    @property
+    def foreign_share(self) -> float | None:
+        """Average number of cores taken by other work while this process ran (0 on a quiet machine)."""
+        return None if self.foreign_cpu_s is None else max(0.0, self.foreign_cpu_s) / self.wall_s
 
     @property
     def cpu_s(self) -> float:
@@ -114,6 +149,7 @@ def run(binary: Path, model: Path, feats: Features, *, threads: int, n_prompt: i
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile("r", suffix=".json") as usage:
         start = meter.mark()
+        busy0 = machine_busy_s()
         t0 = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER, usage.name, *argv], stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -123,6 +159,7 @@ def run(binary: Path, model: Path, feats: Features, *, threads: int, n_prompt: i
             os.killpg(proc.pid, signal.SIGKILL)  # the launcher's session: the launcher and llama-bench
             proc.wait()
         wall = time.monotonic() - t0
+        busy1 = machine_busy_s()
         end = meter.mark()
         child = json.loads(usage.read() or "{}")
         out.seek(0)
@@ -138,5 +175,8 @@ def run(binary: Path, model: Path, feats: Features, *, threads: int, n_prompt: i
         tests = json.loads(stdout)
     except json.JSONDecodeError:
         raise BimambaError(f"llama-bench printed no JSON for {model.name}: {stdout[:200]!r}") from None
+    # ours: llama-bench's CPU time and the launcher's own (its interpreter start-up, some 0.03 s)
+    ours = child["utime"] + child["stime"] + child.get("launcher_cpu", 0.0)
+    foreign = None if busy0 is None or busy1 is None else busy1 - busy0 - ours
     return BenchProcess(argv, wall, child["utime"], child["stime"], peak_rss_bytes(child["maxrss"]), tests, start, end,
-                        tokens_processed(n_prompt, n_gen, depth, reps, warmup), stderr[-20:])
+                        tokens_processed(n_prompt, n_gen, depth, reps, warmup), stderr[-20:], foreign)

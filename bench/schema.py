@@ -104,9 +104,10 @@ DOCUMENT = {
                  "depth": INT, "tokens_per_s": _tps, "peak_rss_bytes": _positive_int, "wall_s": _non_negative,
                  "tokens_processed": _positive_int, "cpu_s_per_token": Nullable(NUM), "energy": _energy,
                  "roofline": Nullable({"bandwidth_gbps": _non_negative, "ceiling_tps": _non_negative,
-                                       "fraction": _non_negative})}],
+                                       "fraction": _non_negative}), "foreign_cores": Nullable(NUM)}],
     "long_context": [{"model": STR, "threads": _positive_int, "depth": _positive_int, "test": STR,
-                      "tokens_per_s": _tps, "peak_rss_bytes": _positive_int, "wall_s": _non_negative}],
+                      "tokens_per_s": _tps, "peak_rss_bytes": _positive_int, "wall_s": _non_negative,
+                      "foreign_cores": Nullable(NUM)}],
     "plots": {"files": [STR], "skipped": Nullable(STR)},
     "notes": [STR],
 }

@@ -15,6 +15,7 @@ depth (`-d D`), one process per depth, so each peak RSS belongs to one context l
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ class Settings:
     bandwidth_s: float = 1.0
     bandwidth_bytes: int = 1 << 30
     timeout_s: float | None = None
+    quiet_wait_s: float = 300.0      # before each process, wait up to this long for other work to stop
+    max_foreign_share: float = 0.2   # rerun a process during which others used more than this many cores
+    retries: int = 2
 
 
 def _tps(record: dict) -> dict:
@@ -62,6 +66,10 @@ def _one_test(proc: lb.BenchProcess) -> dict:
     if len(proc.tests) != 1:
         raise RuntimeError(f"expected one llama-bench test, got {len(proc.tests)}: {' '.join(proc.argv)}")
     return proc.tests[0]
+
+
+def _share(proc: lb.BenchProcess) -> float | None:
+    return None if proc.foreign_share is None else round(proc.foreign_share, 3)
 
 
 def _null_energy(reason: str) -> dict:
@@ -91,12 +99,30 @@ class Suite:
         self.cache, self.build, self.source, self.command = cache, build, source, command
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.notes: list[str] = []
+        self.reruns = 0
 
     def _run(self, what: str, model: ModelFile, **kwargs) -> lb.BenchProcess:
-        proc = lb.run(self.binary, model.path, self.feats, meter=self.meter, timeout_s=self.s.timeout_s, **kwargs)
-        tests = " ".join(f"{_test_name(t)}: {t['avg_ts']:.2f} ± {t.get('stddev_ts', 0):.2f} t/s" for t in proc.tests)
-        self.log(f"  {model.id:<10} {what:<14} t={kwargs['threads']:<3} {tests}  "
-                 f"[{proc.wall_s:.1f} s, peak RSS {proc.peak_rss_bytes / 1e6:.0f} MB]")
+        """One llama-bench process on a quiet machine: waits for quiet first, and reruns (up to `retries`
+        times) a process during which other work took more than `max_foreign_share` cores on average."""
+        s = self.s
+        # others may use the cores this process leaves idle; beyond that they disturb it
+        allowed = max(s.max_foreign_share, (os.cpu_count() or 1) - kwargs["threads"] - 0.25)
+        for attempt in range(s.retries + 1):
+            lb.wait_for_quiet(s.quiet_wait_s, busy_cores_allowed=allowed, log=self.log)
+            proc = lb.run(self.binary, model.path, self.feats, meter=self.meter, timeout_s=s.timeout_s, **kwargs)
+            share = proc.foreign_share
+            tests = " ".join(f"{_test_name(t)}: {t['avg_ts']:.2f} ± {t.get('stddev_ts', 0):.2f} t/s" for t in proc.tests)
+            busy = f", others {share:.2f} cores" if share is not None and share > 0.05 else ""
+            self.log(f"  {model.id:<10} {what:<14} t={kwargs['threads']:<3} {tests}  "
+                     f"[{proc.wall_s:.1f} s, peak RSS {proc.peak_rss_bytes / 1e6:.0f} MB{busy}]")
+            if share is None or share <= allowed:
+                break
+            if attempt < s.retries:
+                self.log("    other work shared the CPU during that process: running it again")
+                self.reruns += 1
+        if share is not None and share > allowed:
+            self.notes.append(f"{model.id} {what} at {kwargs['threads']} threads: other work took {share:.2f} cores "
+                              f"on average even after {s.retries} reruns; its figures are disturbed")
         return proc
 
     def run(self) -> dict:
@@ -120,6 +146,7 @@ class Suite:
                 self.log(f"energy: none ({meter.reason})")
             thread_counts = sorted(set(s.threads) | ({lc_threads} if lc_models else set()))
             self.log(f"bandwidth probe at {','.join(map(str, thread_counts))} threads")
+            lb.wait_for_quiet(s.quiet_wait_s, log=self.log)
             bandwidth = bw.measure(thread_counts, cache=self.cache, nbytes=s.bandwidth_bytes, seconds=s.bandwidth_s)
             for t, v in bandwidth["by_threads"].items():
                 self.log(f"  {t} threads: {v['best_gbps']:.1f} GB/s (median {v['median_gbps']:.1f})")
@@ -153,6 +180,11 @@ class Suite:
             "results": results, "long_context": long_context, "plots": {"files": [], "skipped": "not drawn yet"},
             "notes": self.notes,
         }
+        shares = [r["foreign_cores"] for r in results + long_context if r.get("foreign_cores") is not None]
+        if shares:
+            self.notes.append(f"other work on this machine during the timed processes: {max(shares):.2f} cores at "
+                              f"most, {sum(shares) / len(shares):.2f} on average (from /proc/stat less llama-bench's "
+                              f"own CPU time); {self.reruns} process(es) rerun for interference")
         validate(doc)
         return doc
 
@@ -196,7 +228,7 @@ class Suite:
                         "tokens_processed": proc.tokens,
                         "cpu_s_per_token": (proc.cpu_s - load.cpu_s) / (proc.tokens - load.tokens),
                         "energy": energy_per_token(self.meter, proc, load, idle), "roofline": roofline,
-                        "_record": record})
+                        "foreign_cores": _share(proc), "_record": record})
         return rows
 
     def _long_context(self, models: list[ModelFile], threads: int) -> list[dict]:
@@ -211,7 +243,7 @@ class Suite:
                 record = _one_test(proc)
                 rows.append({"model": m.id, "threads": threads, "depth": depth, "test": f"tg{s.n_gen} @ d{depth}",
                              "tokens_per_s": _tps(record), "peak_rss_bytes": proc.peak_rss_bytes,
-                             "wall_s": round(proc.wall_s, 3)})
+                             "wall_s": round(proc.wall_s, 3), "foreign_cores": _share(proc)})
         spread = {}
         for m in models:
             rss = [r["peak_rss_bytes"] for r in rows if r["model"] == m.id]

@@ -253,8 +253,9 @@ def test_decode_traffic_counts_weights_head_and_state(make_checkpoint, tmp_path)
 
 # -- schema and a real end-to-end run -----------------------------------------------------------------------
 
+# no waiting for a quiet machine and no reruns: the figures of a tiny run are not the point here
 TINY_RUN = ["--threads", "1", "-p", "8", "-n", "4", "-r", "1", "--idle-seconds", "0", "--bandwidth-mib", "32",
-            "--bandwidth-seconds", "0.05"]
+            "--bandwidth-seconds", "0.05", "--quiet-wait", "0", "--max-foreign", "1000"]
 
 
 @pytest.fixture(scope="module")
