@@ -101,14 +101,18 @@ class Suite:
         self.notes: list[str] = []
         self.reruns = 0
 
-    def _run(self, what: str, model: ModelFile, **kwargs) -> lb.BenchProcess:
+    def _run(self, what: str, model: ModelFile, rerun: bool = True, wait: bool = True, retries: int | None = None,
+             **kwargs) -> lb.BenchProcess:
         """One llama-bench process on a quiet machine: waits for quiet first, and reruns (up to `retries`
-        times) a process during which other work took more than `max_foreign_share` cores on average."""
+        times, when `rerun`) a process during which other work took more cores than it left idle, plus
+        `max_foreign_share` (ggml's worker threads spin at their barriers: a core taken from them stalls all)."""
         s = self.s
-        # others may use the cores this process leaves idle; beyond that they disturb it
-        allowed = max(s.max_foreign_share, (os.cpu_count() or 1) - kwargs["threads"] - 0.25)
-        for attempt in range(s.retries + 1):
-            lb.wait_for_quiet(s.quiet_wait_s, busy_cores_allowed=allowed, log=self.log)
+        idle_cores = (os.cpu_count() or 1) - kwargs["threads"]
+        allowed = idle_cores + 0.1 if idle_cores >= 1 else s.max_foreign_share
+        retries = (s.retries if retries is None else retries) if rerun else 0
+        for attempt in range(retries + 1):
+            if wait:
+                lb.wait_for_quiet(s.quiet_wait_s, busy_cores_allowed=allowed, log=self.log)
             proc = lb.run(self.binary, model.path, self.feats, meter=self.meter, timeout_s=s.timeout_s, **kwargs)
             share = proc.foreign_share
             tests = " ".join(f"{_test_name(t)}: {t['avg_ts']:.2f} ± {t.get('stddev_ts', 0):.2f} t/s" for t in proc.tests)
@@ -117,12 +121,12 @@ class Suite:
                      f"[{proc.wall_s:.1f} s, peak RSS {proc.peak_rss_bytes / 1e6:.0f} MB{busy}]")
             if share is None or share <= allowed:
                 break
-            if attempt < s.retries:
+            if attempt < retries:
                 self.log("    other work shared the CPU during that process: running it again")
                 self.reruns += 1
-        if share is not None and share > allowed:
+        if rerun and share is not None and share > allowed:
             self.notes.append(f"{model.id} {what} at {kwargs['threads']} threads: other work took {share:.2f} cores "
-                              f"on average even after {s.retries} reruns; its figures are disturbed")
+                              f"on average even after {retries} rerun(s); its figures are disturbed")
         return proc
 
     def run(self) -> dict:
@@ -196,8 +200,9 @@ class Suite:
             traffic[m.id] = decode_traffic(m.header)
             load = self._run("load+1 token", m, threads=threads, n_prompt=0, n_gen=1, reps=1, warmup=False)
             probe = dict(threads=threads, n_prompt=s.n_prompt, n_gen=RSS_PROBE_GEN, reps=1, warmup=False)
-            rss_mmap = self._run("rss mmap", m, use_mmap=True, **probe)
-            rss_none = self._run("rss no-mmap", m, use_mmap=False, **probe)
+            # peak RSS does not depend on the CPU being shared: no reruns for these
+            rss_mmap = self._run("rss mmap", m, rerun=False, wait=False, use_mmap=True, **probe)
+            rss_none = self._run("rss no-mmap", m, rerun=False, wait=False, use_mmap=False, **probe)
             loads[m.id] = load
             models_doc.append({**m.describe(), "decode_bytes_per_token": traffic[m.id].as_dict(),
                                "load": {"wall_s": round(load.wall_s, 3), "cpu_s": round(load.cpu_s, 3),
@@ -238,8 +243,9 @@ class Suite:
         self.log(f"long context: tg{s.n_gen} after {','.join(map(str, s.depths))} tokens, {threads} threads")
         for m in models:
             for depth in s.depths:
-                proc = self._run(f"depth {depth}", m, threads=threads, n_prompt=0, n_gen=s.n_gen, reps=s.reps,
-                                 depth=depth)
+                # one rerun at most: each repeats minutes of (untimed) prefill
+                proc = self._run(f"depth {depth}", m, retries=min(1, s.retries), threads=threads, n_prompt=0,
+                                 n_gen=s.n_gen, reps=s.reps, depth=depth)
                 record = _one_test(proc)
                 rows.append({"model": m.id, "threads": threads, "depth": depth, "test": f"tg{s.n_gen} @ d{depth}",
                              "tokens_per_s": _tps(record), "peak_rss_bytes": proc.peak_rss_bytes,
