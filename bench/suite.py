@@ -119,7 +119,7 @@ class Suite:
         `max_foreign_share` (ggml's worker threads spin at their barriers: a core taken from them stalls all)."""
         s = self.s
         idle_cores = (os.cpu_count() or 1) - kwargs["threads"]
-        allowed = idle_cores + 0.1 if idle_cores >= 1 else s.max_foreign_share
+        allowed = max(s.max_foreign_share, idle_cores + 0.1 if idle_cores >= 1 else 0.0)
         retries = (s.retries if retries is None else retries) if rerun else 0
         for attempt in range(retries + 1):
             if wait:
