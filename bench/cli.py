@@ -167,12 +167,14 @@ def main(argv: list[str] | None = None) -> int:
                             bandwidth_bytes=args.bandwidth_mib << 20, timeout_s=args.timeout,
                             quiet_wait_s=args.quiet_wait, max_foreign_share=args.max_foreign)
         suite = Suite(models, bench, settings, cache=cache / "bench-probe", build=build, source=source,
-                      command=["bimamba-bench", *(argv if argv is not None else sys.argv[1:])], log=log)
+                      command=["bimamba-bench", *(argv if argv is not None else sys.argv[1:])], log=log,
+                      partial=Path(args.out) / "partial.json")
         doc = suite.run()
         from .report import write_results
 
         out = Path(args.out)
         write_results(doc, out, plots=not args.no_plots)
+        (out / "partial.json").unlink(missing_ok=True)
         print((out / "results.md").read_text())
         log(f"wrote {out}/results.json, results.md" + (f" and {len(doc['plots']['files'])} plots"
                                                        if doc["plots"]["files"] else f" (plots: {doc['plots']['skipped']})")

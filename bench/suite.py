@@ -15,6 +15,7 @@ depth (`-d D`), one process per depth, so each peak RSS belongs to one context l
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -94,12 +95,22 @@ def energy_per_token(meter, proc: lb.BenchProcess, load: lb.BenchProcess, idle: 
 
 class Suite:
     def __init__(self, models: list[ModelFile], binary: Path, settings: Settings, *, cache: Path,
-                 build: dict, source: dict, command: list[str], log=None):
+                 build: dict, source: dict, command: list[str], log=None, partial: Path | None = None):
         self.models, self.binary, self.s = models, Path(binary), settings
         self.cache, self.build, self.source, self.command = cache, build, source, command
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.notes: list[str] = []
         self.reruns = 0
+        self.partial = partial          # rows so far, rewritten after each process (a killed run keeps them)
+        self._rows: dict = {"results": [], "long_context": []}
+
+    def _keep(self, section: str, row: dict) -> None:
+        self._rows[section].append({k: v for k, v in row.items() if k != "_record"})
+        if self.partial:
+            self.partial.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.partial.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"schema": SCHEMA + " (partial: rows so far)", **self._rows}, indent=1))
+            os.replace(tmp, self.partial)
 
     def _run(self, what: str, model: ModelFile, rerun: bool = True, wait: bool = True, retries: int | None = None,
              **kwargs) -> lb.BenchProcess:
@@ -108,7 +119,7 @@ class Suite:
         `max_foreign_share` (ggml's worker threads spin at their barriers: a core taken from them stalls all)."""
         s = self.s
         idle_cores = (os.cpu_count() or 1) - kwargs["threads"]
-        allowed = idle_cores + 0.1 if idle_cores >= 1 else s.max_foreign_share
+        allowed = max(s.max_foreign_share, idle_cores + 0.1 if idle_cores >= 1 else 0.0)
         retries = (s.retries if retries is None else retries) if rerun else 0
         for attempt in range(retries + 1):
             if wait:
@@ -234,6 +245,7 @@ class Suite:
                         "cpu_s_per_token": (proc.cpu_s - load.cpu_s) / (proc.tokens - load.tokens),
                         "energy": energy_per_token(self.meter, proc, load, idle), "roofline": roofline,
                         "foreign_cores": _share(proc), "_record": record})
+                    self._keep("results", rows[-1])
         return rows
 
     def _long_context(self, models: list[ModelFile], threads: int) -> list[dict]:
@@ -250,6 +262,7 @@ class Suite:
                 rows.append({"model": m.id, "threads": threads, "depth": depth, "test": f"tg{s.n_gen} @ d{depth}",
                              "tokens_per_s": _tps(record), "peak_rss_bytes": proc.peak_rss_bytes,
                              "wall_s": round(proc.wall_s, 3), "foreign_cores": _share(proc)})
+                self._keep("long_context", rows[-1])
         spread = {}
         for m in models:
             rss = [r["peak_rss_bytes"] for r in rows if r["model"] == m.id]
