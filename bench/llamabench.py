@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bimamba_edge.errors import BimambaError
+from bimamba_edge.runtime import maxrss_bytes
 
 from .energy import Mark, NullMeter
 
@@ -48,11 +49,6 @@ def features(binary: Path) -> Features:
     ver = (version.stdout + version.stderr).strip().splitlines()
     mmap_flag = "-lm" if "--load-mode" in text else "-mmp"
     return Features(mmap_flag, "--n-depth" in text, ver[0] if ver else "")
-
-
-def peak_rss_bytes(ru_maxrss: int) -> int:
-    """ru_maxrss is KiB on Linux and bytes on macOS."""
-    return ru_maxrss if sys.platform == "darwin" else ru_maxrss * 1024
 
 
 # Runs llama-bench and writes its rusage to the file named first. Why a launcher: a process spawned from
@@ -178,5 +174,5 @@ def run(binary: Path, model: Path, feats: Features, *, threads: int, n_prompt: i
     # ours: llama-bench's CPU time and the launcher's own (its interpreter start-up, some 0.03 s)
     ours = child["utime"] + child["stime"] + child.get("launcher_cpu", 0.0)
     foreign = None if busy0 is None or busy1 is None else busy1 - busy0 - ours
-    return BenchProcess(argv, wall, child["utime"], child["stime"], peak_rss_bytes(child["maxrss"]), tests, start, end,
+    return BenchProcess(argv, wall, child["utime"], child["stime"], maxrss_bytes(child["maxrss"]), tests, start, end,
                         tokens_processed(n_prompt, n_gen, depth, reps, warmup), stderr[-20:], foreign)

@@ -121,8 +121,12 @@ def load(path: str | Path, **kwargs) -> Model:
     return Model(path, **kwargs)
 
 
+def maxrss_bytes(ru_maxrss: int) -> int:
+    """rusage's ru_maxrss in bytes: it is KiB on Linux and bytes on macOS."""
+    return ru_maxrss if sys.platform == "darwin" else ru_maxrss * 1024
+
+
 def peak_rss_bytes() -> int:
     import resource
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+    return maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
