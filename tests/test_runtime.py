@@ -14,7 +14,7 @@ import torch
 
 from bimamba_edge import runtime
 from bimamba_edge.checkpoint import Checkpoint
-from bimamba_edge.reference import ReferenceModel
+from bimamba_edge.reference import ReferenceModel, fbi_weight
 from bimamba_edge.testing import small_config
 from conftest import run_convert
 
@@ -32,9 +32,11 @@ VARIANTS = {
 }
 N_TOKENS = 64
 N_GREEDY = 32
-# The BM1 matmul quantizes activations to Q8_K (int8, one scale per 256). Measured on these fixtures the
-# worst position reaches cosine 0.99877 (row scaling); the issue's bar of 0.999 is not met there.
-FIDELITY_COSINE = 0.998
+# the issue's bar against the exact reference, which a latent of exactly 0 (sign 0, stored as +1) strains
+FIDELITY_COSINE = 0.999
+# The BM1 matmul meets 15-bit activations (Q16_K): against the signs the file holds, the runtime agrees to
+# float rounding, and this bar catches a wrong scale or a missed term.
+STORED_SIGNS_COSINE = 0.999999
 
 
 def convert(directory, out, *args):
@@ -47,36 +49,15 @@ def cosine_per_position(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-def q8_k(x: torch.Tensor) -> torch.Tensor:
-    """ggml's Q8_K activation rounding: int8 with one scale (max |x| / 127) per 256 values."""
-    blocks = x.view(-1, 256)
-    scale = blocks.abs().max(-1, keepdim=True).values / 127
-    return (torch.round(blocks / torch.where(scale > 0, scale, 1)).clamp(-127, 127) * scale).view_as(x)
-
-
-class Projection:
-    """An FBI projection computed the way the runtime does: the sign matrix meets Q8_K-rounded activations."""
-
-    def __init__(self, ckpt: Checkpoint, weight: str):
-        base = weight.removesuffix("weight")
-        latent = ckpt.load(weight)
-        self.signs = torch.where(latent >= 0, 1.0, -1.0)  # BM1 stores an exact 0 as +1
-        self.pattern = ckpt.scaling[weight]
-        self.scale, self.shift = (ckpt.load(base + p).reshape(-1) for p in ("wscale", "wbias"))
-
-    def __matmul__(self, u: torch.Tensor) -> torch.Tensor:
-        if self.pattern == "row":
-            return self.scale * (self.signs @ q8_k(u)) + self.shift * u.sum()
-        return self.signs @ q8_k(self.scale.expand(u.shape) * u) + (self.shift.expand(u.shape) @ u)
-
-
-def reference_with_runtime_rounding(ckpt: Checkpoint) -> ReferenceModel:
+def reference_of_the_stored_signs(ckpt: Checkpoint) -> ReferenceModel:
+    """The exact reference with each FBI latent's sign as BM1 stores it: an exact 0 becomes +1."""
     model = ReferenceModel(ckpt)
     for i, layer in enumerate(model.layers):
         for proj in ("in_proj", "out_proj"):
-            weight = f"backbone.layers.{i}.mixer.{proj}.weight"
-            if ckpt.scaling[weight] is not None:
-                layer[proj] = Projection(ckpt, weight)
+            base = f"backbone.layers.{i}.mixer.{proj}."
+            if base + "wscale" in ckpt:
+                signs = torch.where(ckpt.load(base + "weight") >= 0, 1.0, -1.0)
+                layer[proj] = fbi_weight(signs, ckpt.load(base + "wscale"), ckpt.load(base + "wbias"))
     return model
 
 
@@ -106,25 +87,23 @@ def converted(request, tmp_path_factory):
     return ckpt, model, tokens, model.logits(tokens)
 
 
-def test_runtime_computes_exactly_what_the_reference_does_with_q8k_activations(converted):
-    """Kernels and graph: equal to the reference once the reference rounds activations like the runtime."""
+def test_runtime_logits_match_the_reference_of_the_stored_signs(converted):
+    """Kernels and graph: the runtime computes what the file holds, to float rounding."""
     ckpt, _, tokens, ours = converted
-    cos = cosine_per_position(ours, reference_with_runtime_rounding(ckpt).forward(tokens).numpy())
-    # float summation order can flip an int8 rounding now and then, and a dense (in_proj-only) out_proj
-    # runs in f16; otherwise the results agree to ~1e-6, a hundred times tighter than the fidelity bar
-    assert np.median(cos) >= 0.99999 and cos.min() >= 0.9999, (np.median(cos), cos.min())
+    cos = cosine_per_position(ours, reference_of_the_stored_signs(ckpt).forward(tokens).numpy())
+    assert cos.min() >= STORED_SIGNS_COSINE, f"worst position {cos.argmin()}: cosine {cos.min():.7f}"
 
 
 def test_runtime_logits_stay_close_to_the_exact_reference(converted):
     ckpt, _, tokens, ours = converted
     cos = cosine_per_position(ours, ReferenceModel(ckpt).forward(tokens).numpy())
-    assert cos.min() >= FIDELITY_COSINE, f"worst position {cos.argmin()}: cosine {cos.min():.6f}"
+    assert cos.min() >= FIDELITY_COSINE, f"worst position {cos.argmin()}: cosine {cos.min():.7f}"
 
 
-def test_greedy_continuation_matches_the_runtime_rounding_reference(converted):
+def test_greedy_continuation_matches_the_exact_reference(converted):
     ckpt, model, tokens, _ = converted
     prompt = tokens[:8]
-    assert list(model.generate(prompt, N_GREEDY)) == reference_greedy(reference_with_runtime_rounding(ckpt), prompt, N_GREEDY)
+    assert list(model.generate(prompt, N_GREEDY)) == reference_greedy(ReferenceModel(ckpt), prompt, N_GREEDY)
 
 
 def test_greedy_continuation_of_the_bimamba_pattern_matches_the_exact_reference(make_checkpoint, tmp_path):
