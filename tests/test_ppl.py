@@ -90,9 +90,9 @@ def test_runtime_and_reference_perplexity_agree_on_a_random_fixture(fixture_pair
     ours, reference = ppl_json(gguf_path, *common, "-t", 2), ppl_json(directory, *common, "-t", 1)
     assert ours["tokens"] == reference["tokens"] and ours["scored_tokens"] == reference["scored_tokens"] == 6 * 31
     assert "llama.cpp" in ours["backend"] and "reference" in reference["backend"]
-    # Random weights predict confidently and wrongly (PPL ~1e18, mean NLL ~42), so PPL magnifies the Q8_K
-    # activation rounding; the mean NLL, which PPL exponentiates, is the fair comparison here.
-    assert ours["mean_nll"] == pytest.approx(reference["mean_nll"], rel=2e-3)
+    # Random weights predict confidently and wrongly (PPL ~1e18, mean NLL ~42), so PPL magnifies any rounding;
+    # the mean NLL, which PPL exponentiates, is the fair comparison here.
+    assert ours["mean_nll"] == pytest.approx(reference["mean_nll"], rel=1e-4)
 
 
 def test_cli_prints_the_final_estimate_and_the_windowing(fixture_pair):
