@@ -185,10 +185,36 @@ def main(argv: list[str] | None = None) -> int:
     return run_main("bimamba-build", work)
 
 
-# -- NEON without a Mac: ggml cross-built for aarch64, its BM1 tests run under qemu-user ----------------
+# -- Kernels of other ISAs: ggml alone, built for one ISA, with the BM1 kernel tests linked in ----------------
+# NEON without a Mac (cross-built for aarch64, run under qemu-user), and AVX2 on x86 hosts whose native build
+# takes the AVX-512 path (so the AVX2 kernel is tested wherever the suite runs).
 
 AARCH64_VARIANTS = {"dotprod": "armv8.2-a+dotprod", "plain": "armv8-a"}
 KERNEL_TESTS = ("test-bm1", "test-quantize-fns")  # need only ggml, so they are linked against it directly
+# configured through llama.cpp's top level (the sdist lacks files for a standalone ggml), ggml targets only
+_GGML_ONLY = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF", "-DGGML_OPENMP=OFF", "-DBUILD_SHARED_LIBS=OFF",
+              "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+              "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_COMMON=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF"]
+
+
+def _ggml_with_kernel_tests(name: str, what: str, cmake_flags: list[str], cxx: list[str], jobs: int | None) -> Path:
+    """Static ggml configured with cmake_flags, the kernel tests linked with cxx; returns their directory."""
+    source = patched_tree() / "vendor" / "llama.cpp"
+    build_dir = upstream.cache_dir() / name
+    bin_dir = build_dir / "tests"
+    if (build_dir / ".bimamba-complete").exists():
+        return bin_dir
+    log = upstream.cache_dir() / f"{name}.log"
+    _run(["cmake", "-S", str(source), "-B", str(build_dir), *_GGML_ONLY, *cmake_flags], f"configuring ggml for {what}", log)
+    _run(["cmake", "--build", str(build_dir), "-j", str(jobs or os.cpu_count() or 2), "--target", "ggml", "ggml-cpu",
+          "ggml-base"], f"compiling ggml for {what}", log)
+    bin_dir.mkdir(exist_ok=True)
+    libs = [next(build_dir.rglob(f"lib{lib}.a")) for lib in ("ggml", "ggml-cpu", "ggml-base")]
+    for test in KERNEL_TESTS:
+        _run([*cxx, "-O2", "-std=c++17", f"-I{source / 'ggml' / 'include'}", str(source / "tests" / f"{test}.cpp"),
+              *map(str, libs), "-lpthread", "-lm", "-o", str(bin_dir / test)], f"linking {test} for {what}", log)
+    (build_dir / ".bimamba-complete").write_text(name + "\n")
+    return bin_dir
 
 
 def cross_build_aarch64(variant: str, jobs: int | None = None) -> Path:
@@ -200,29 +226,17 @@ def cross_build_aarch64(variant: str, jobs: int | None = None) -> Path:
     if shutil.which("aarch64-linux-gnu-g++") is None:
         raise BimambaError("aarch64-linux-gnu-g++ not found (Debian: apt-get install g++-aarch64-linux-gnu qemu-user)")
     march = AARCH64_VARIANTS[variant]
-    source = patched_tree() / "vendor" / "llama.cpp"
     key = _digest(patches_key().encode(), march.encode(), b"aarch64-ggml")
-    build_dir = upstream.cache_dir() / f"aarch64-{variant}-{key}"
-    bin_dir = build_dir / "tests"
-    if (build_dir / ".bimamba-complete").exists():
-        return bin_dir
-    log = upstream.cache_dir() / f"aarch64-{variant}-{key}.log"
-    jobs = str(jobs or os.cpu_count() or 2)
-    # configured through llama.cpp's top level (the sdist lacks files for a standalone ggml), ggml targets only
-    _run(["cmake", "-S", str(source), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
-          "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
-          "-DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc", "-DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++",
-          "-DGGML_NATIVE=OFF", f"-DGGML_CPU_ARM_ARCH={march}", "-DGGML_OPENMP=OFF", "-DBUILD_SHARED_LIBS=OFF",
-          "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-          "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_COMMON=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF"],
-         f"configuring ggml for aarch64 ({march})", log)
-    _run(["cmake", "--build", str(build_dir), "-j", jobs, "--target", "ggml", "ggml-cpu", "ggml-base"],
-         f"compiling ggml for aarch64 ({march})", log)
-    bin_dir.mkdir(exist_ok=True)
-    libs = [next(build_dir.rglob(f"lib{name}.a")) for name in ("ggml", "ggml-cpu", "ggml-base")]
-    for test in KERNEL_TESTS:
-        _run(["aarch64-linux-gnu-g++", "-O2", "-std=c++17", f"-I{source / 'ggml' / 'include'}",
-              str(source / "tests" / f"{test}.cpp"), *map(str, libs), "-lpthread", "-lm", "-static",
-              "-o", str(bin_dir / test)], f"linking {test} for aarch64 ({march})", log)
-    (build_dir / ".bimamba-complete").write_text(key + "\n")
-    return bin_dir
+    return _ggml_with_kernel_tests(
+        f"aarch64-{variant}-{key}", f"aarch64 ({march})",
+        ["-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64", "-DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc",
+         "-DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++", f"-DGGML_CPU_ARM_ARCH={march}"],
+        ["aarch64-linux-gnu-g++", "-static"], jobs)
+
+
+def build_x86_avx2(jobs: int | None = None) -> Path:
+    """Static ggml for x86-64 with AVX2 and FMA but no AVX-512, plus the BM1 kernel tests; returns bin dir."""
+    key = _digest(patches_key().encode(), b"x86-avx2-ggml")
+    return _ggml_with_kernel_tests(
+        f"x86-avx2-{key}", "x86-64 AVX2 (no AVX-512)",
+        ["-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_BMI2=ON"], ["c++"], jobs)
