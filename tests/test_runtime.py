@@ -124,6 +124,52 @@ def test_dense_mamba2_export_matches_too(make_checkpoint, tmp_path):
     assert cos.min() >= 0.99999
 
 
+def decode_together(gguf_path, steps: list[list[list[int]]]) -> list[list[np.ndarray]]:
+    """Decodes sequences side by side in one batch per step, through llama.cpp's C API (the Python wrapper runs
+    one sequence); returns each step's last-token logits per sequence."""
+    import llama_cpp as lc
+
+    model = lc.llama_model_load_from_file(str(gguf_path).encode(), lc.llama_model_default_params())
+    params = lc.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 256, 64, 64, 2
+    params.n_threads = params.n_threads_batch = 2
+    ctx = lc.llama_init_from_model(model, params)
+    n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(model))
+    batch = lc.llama_batch_init(64, 0, 2)
+    out, pos = [], 0
+    try:
+        for tokens_per_seq in steps:
+            batch.n_tokens, last = 0, []
+            for seq, tokens in enumerate(tokens_per_seq):
+                for i, token in enumerate(tokens):
+                    k = batch.n_tokens
+                    batch.token[k], batch.pos[k], batch.n_seq_id[k] = token, pos + i, 1
+                    batch.seq_id[k][0], batch.logits[k] = seq, i == len(tokens) - 1
+                    batch.n_tokens += 1
+                last.append(batch.n_tokens - 1)
+            assert lc.llama_decode(ctx, batch) == 0
+            out.append([np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, k), shape=(n_vocab,)).copy() for k in last])
+            pos += len(tokens_per_seq[0])
+    finally:
+        lc.llama_batch_free(batch)
+        lc.llama_free(ctx)
+        lc.llama_model_free(model)
+    return out
+
+
+def test_sequences_decoded_together_match_one_at_a_time(make_checkpoint, tmp_path):
+    """Equal-length sequences share a ubatch (llama.cpp's equal split), so two of them take upstream's
+    write-then-copy scan; one sequence alone takes the in-place one. Both steps must agree (here: bitwise)."""
+    gguf_path = convert(make_checkpoint(), tmp_path / "m.gguf")
+    prompts, next_tokens = [[1, 17, 230, 41, 9, 3], [1, 5, 99, 7, 12, 40]], [[77], [8]]
+    together = decode_together(gguf_path, [prompts, next_tokens])
+    alone = runtime.load(gguf_path, n_ctx=128)
+    for seq in range(2):
+        logits = alone.logits(prompts[seq] + next_tokens[seq])
+        for step, position in ((0, len(prompts[seq]) - 1), (1, len(prompts[seq]))):
+            assert np.allclose(together[step][seq], logits[position], rtol=1e-5, atol=1e-5), (seq, step)
+
+
 def test_greedy_is_deterministic(make_checkpoint, tmp_path):
     gguf_path = convert(make_checkpoint(), tmp_path / "m.gguf")
     model = runtime.load(gguf_path, n_ctx=128)
