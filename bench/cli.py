@@ -21,6 +21,8 @@ from .llamabench import features
 from .models import COMPARISON_SET, build_set, scan_models
 from .suite import Settings, Suite
 
+# bimamba_edge.checkpoint.PAPER_SHAPES' keys (a test holds them equal): that module needs torch, and
+# `--models` runs must start where only llama-bench is installed
 FIXTURE_SHAPES = ("780m", "1.3b", "2.7b")
 
 
@@ -93,6 +95,7 @@ def _runtime_tools(args) -> tuple[Path, Path | None, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ids = [v.id for v in COMPARISON_SET]
+    defaults = Settings(threads=[])  # the suite's defaults, shown and used by the options below
     parser = argparse.ArgumentParser(prog="bimamba-bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     src = parser.add_mutually_exclusive_group(required=True)
@@ -103,13 +106,16 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated model types (default: all of {','.join(ids)})")
     parser.add_argument("--threads", default=f"1,{os.cpu_count() or 1}" if (os.cpu_count() or 1) > 1 else "1",
                         help="comma-separated thread counts (default: 1 and all cores)")
-    parser.add_argument("-r", "--reps", type=int, default=3, help="llama-bench repetitions (default 3)")
-    parser.add_argument("-p", "--n-prompt", type=int, default=512, help="prefill test length (default 512)")
-    parser.add_argument("-n", "--n-gen", type=int, default=128, help="decode test length (default 128)")
-    parser.add_argument("--depths", default="128,1024,4096,16384",
-                        help="long-context depths, or 'none' (default 128,1024,4096,16384)")
-    parser.add_argument("--long-context-types", default="bm1-q6_K,tq2_0",
-                        help="types run at every depth (default bm1-q6_K,tq2_0)")
+    parser.add_argument("-r", "--reps", type=int, default=defaults.reps,
+                        help=f"llama-bench repetitions (default {defaults.reps})")
+    parser.add_argument("-p", "--n-prompt", type=int, default=defaults.n_prompt,
+                        help=f"prefill test length (default {defaults.n_prompt})")
+    parser.add_argument("-n", "--n-gen", type=int, default=defaults.n_gen,
+                        help=f"decode test length (default {defaults.n_gen})")
+    depths = ",".join(map(str, defaults.depths))
+    parser.add_argument("--depths", default=depths, help=f"long-context depths, or 'none' (default {depths})")
+    lc_types = ",".join(defaults.long_context_models)
+    parser.add_argument("--long-context-types", default=lc_types, help=f"types run at every depth (default {lc_types})")
     parser.add_argument("--long-context-threads", type=int, default=None,
                         help="threads for the long-context runs (default: the largest of --threads)")
     parser.add_argument("--llama-bench", metavar="PATH", help="llama-bench binary (default: the patched build's)")
@@ -118,16 +124,20 @@ def main(argv: list[str] | None = None) -> int:
                                                        "(default ~/.cache/bimamba-edge)")
     parser.add_argument("--out", default="bench-results", help="results directory (default ./bench-results)")
     parser.add_argument("--energy", choices=["auto", "rapl", "powermetrics", "none"], default="auto")
-    parser.add_argument("--idle-seconds", type=float, default=3.0, help="idle baseline length (default 3)")
-    parser.add_argument("--bandwidth-seconds", type=float, default=1.0, help="probe time per thread count")
-    parser.add_argument("--bandwidth-mib", type=int, default=1024, help="probe buffer (default 1024 MiB)")
+    parser.add_argument("--idle-seconds", type=float, default=defaults.idle_s,
+                        help=f"idle baseline length (default {defaults.idle_s:g})")
+    parser.add_argument("--bandwidth-seconds", type=float, default=defaults.bandwidth_s,
+                        help="probe time per thread count")
+    parser.add_argument("--bandwidth-mib", type=int, default=defaults.bandwidth_bytes >> 20,
+                        help=f"probe buffer (default {defaults.bandwidth_bytes >> 20} MiB)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed to one llama-bench process")
-    parser.add_argument("--quiet-wait", type=float, default=300.0,
+    parser.add_argument("--quiet-wait", type=float, default=defaults.quiet_wait_s,
                         help="before each llama-bench process, wait up to this many seconds for other work on the "
-                             "machine to stop (default 300; 0: do not wait)")
-    parser.add_argument("--max-foreign", type=float, default=0.2,
-                        help="rerun (twice at most) a process during which other work used more than this many "
-                             "cores on average, or more than the cores it leaves idle (Linux /proc/stat; default 0.2)")
+                             f"machine to stop (default {defaults.quiet_wait_s:g}; 0: do not wait)")
+    parser.add_argument("--max-foreign", type=float, default=defaults.max_foreign_share,
+                        help=f"rerun ({defaults.retries} times at most) a process during which other work used more "
+                             "than this many cores on average, or more than the cores it leaves idle (Linux "
+                             f"/proc/stat; default {defaults.max_foreign_share:g})")
     parser.add_argument("--no-plots", action="store_true", help="JSON and markdown only")
     parser.add_argument("--prepare-only", action="store_true",
                         help="make (or find) the model files, print their directory and stop: copy it to another "

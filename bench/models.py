@@ -207,7 +207,7 @@ def build_set(checkpoint: Path, ids: list[str], cache_root: Path, quantize_bin: 
             os.replace(tmp, out)
         finally:
             tmp.unlink(missing_ok=True)
-        record = {"key": key_hash, "inputs": key, "seconds": round(seconds, 1), "command": cmd[:1] + cmd[1:]}
+        record = {"key": key_hash, "inputs": key, "seconds": round(seconds, 1), "command": cmd}
         out.with_suffix(".json").write_text(json.dumps(record, indent=2))
         made[variant.id] = record
         return out

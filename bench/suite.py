@@ -238,7 +238,7 @@ class Suite:
                         ceiling = ceiling_tps(gbps * 1e9, traffic[m.id])
                         roofline = {"bandwidth_gbps": gbps, "ceiling_tps": ceiling, "fraction": tps["mean"] / ceiling}
                     rows.append({
-                        "model": m.id, "threads": threads, "test": f"pp{n_prompt}" if n_prompt else f"tg{n_gen}",
+                        "model": m.id, "threads": threads, "test": _test_name(record),
                         "kind": kind, "n_prompt": n_prompt, "n_gen": n_gen, "depth": 0, "tokens_per_s": tps,
                         "peak_rss_bytes": proc.peak_rss_bytes, "wall_s": round(proc.wall_s, 3),
                         "tokens_processed": proc.tokens,
@@ -259,7 +259,7 @@ class Suite:
                 proc = self._run(f"depth {depth}", m, retries=min(1, s.retries), threads=threads, n_prompt=0,
                                  n_gen=s.n_gen, reps=s.reps, depth=depth)
                 record = _one_test(proc)
-                rows.append({"model": m.id, "threads": threads, "depth": depth, "test": f"tg{s.n_gen} @ d{depth}",
+                rows.append({"model": m.id, "threads": threads, "depth": depth, "test": _test_name(record),
                              "tokens_per_s": _tps(record), "peak_rss_bytes": proc.peak_rss_bytes,
                              "wall_s": round(proc.wall_s, 3), "foreign_cores": _share(proc)})
                 self._keep("long_context", rows[-1])

@@ -7,11 +7,11 @@ without this build the AVX2 kernel would go untested there. Skipped only on a ho
 from __future__ import annotations
 
 import platform
-import subprocess
 
 import pytest
 
 from bimamba_edge.build import KERNEL_TESTS, build_x86_avx2
+from conftest import assert_c_test_passes
 
 
 @pytest.mark.heavy
@@ -20,5 +20,4 @@ def test_bm1_avx2_kernel_passes():
         pytest.skip(f"an x86-64 build; this host is {platform.machine()}")
     bin_dir = build_x86_avx2()
     for test in KERNEL_TESTS:
-        proc = subprocess.run([str(bin_dir / test)], capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"{test} (AVX2):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        assert_c_test_passes([str(bin_dir / test)], f"{test} (AVX2)")

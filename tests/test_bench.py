@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from bimamba_edge.bench import energy as en
+from bimamba_edge.bench.cli import FIXTURE_SHAPES
 from bimamba_edge.bench.cli import main as bench_main
 from bimamba_edge.bench.gguf_header import read_header
 from bimamba_edge.bench.models import identify, scan_models
@@ -339,3 +340,9 @@ def test_bad_inputs_are_one_clear_error(tmp_path, capsys):
 
     rc = bench_main(["--models", str(tmp_path), "--llama-bench", str(current_runtime().binary("llama-bench"))])
     assert rc == 1 and "no .gguf files" in capsys.readouterr().err
+
+
+def test_fixture_shapes_are_the_paper_shapes():
+    from bimamba_edge.checkpoint import PAPER_SHAPES
+
+    assert FIXTURE_SHAPES == tuple(PAPER_SHAPES)

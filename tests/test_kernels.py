@@ -5,13 +5,12 @@ Needs the built runtime (`bimamba-build`); fails without it.
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
 
 from bimamba_edge import ggml, quants
-from bimamba_edge.build import current_runtime
+from bimamba_edge.build import KERNEL_TESTS, current_runtime
+from conftest import assert_c_test_passes
 
 
 def test_c_traits_match_the_python_definition():
@@ -43,9 +42,8 @@ def test_c_quantizes_like_numpy():
     np.testing.assert_array_equal(ggml.quantize(x, quants.GGML_TYPE_BM1), quants.quantize(x))
 
 
-@pytest.mark.parametrize("test", ["test-bm1", "test-quantize-fns"])
+@pytest.mark.parametrize("test", KERNEL_TESTS)
 def test_ggml_tests_pass_for_bm1(test):
-    proc = subprocess.run([str(current_runtime().binary(test))], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    output = assert_c_test_passes([str(current_runtime().binary(test))], test)
     if test == "test-quantize-fns":
-        assert "bm1" in proc.stdout + proc.stderr  # the type really was among those tested
+        assert "bm1" in output  # the type really was among those tested
