@@ -1,6 +1,7 @@
 """The comparison set: from one checkpoint, our BM1 files and the stock llama.cpp types, all the same weights.
 
-- `bm1-q6_K`, `bm1-f16`: `bimamba-convert CKPT out.gguf --head-type q6_K|f16` (arch bimamba2).
+- `bm1-q6_K`, `bm1-f16`: `bimamba-convert CKPT out.gguf --head-type q6_K|f16` (arch bimamba2);
+  `bm1-q6_K-f16state` adds `--state-type f16` (the opt-in f16 SSM state).
 - `f16`: `bimamba-convert CKPT out.gguf --outtype f16`: the effective FBI weights, plain mamba2.
 - `q8_0` (Q8_0 head), `q4_0`, `tq2_0`, `tq1_0`, `q1_0` (Q6_K head): the patched build's `llama-quantize`
   from that F16 file. Stock files are plain mamba2 and run on the same patched build as ours.
@@ -40,6 +41,8 @@ class Variant:
 COMPARISON_SET = (
     Variant("bm1-q6_K", "BM1 (ours), Q6_K head", convert_args=("--head-type", "q6_K")),
     Variant("bm1-f16", "BM1 (ours), F16 head", convert_args=("--head-type", "f16")),
+    Variant("bm1-q6_K-f16state", "BM1 (ours), Q6_K head, F16 state",
+            convert_args=("--head-type", "q6_K", "--state-type", "f16")),
     Variant("f16", "F16", convert_args=("--outtype", "f16")),
     Variant("q8_0", "Q8_0, Q8_0 head", quantize_type="Q8_0", head_type="q8_0"),
     Variant("q4_0", "Q4_0, Q6_K head", quantize_type="Q4_0", head_type="q6_K"),
@@ -90,6 +93,8 @@ def identify(path: Path) -> ModelFile:
     if header.arch == "bimamba2":
         mid = f"{_type_id_form(matrix)}-{_type_id_form(head)}"
         label = f"{matrix} (ours), {head} head"
+        if header.arch_value("ssm.state_f16"):
+            mid, label = mid + "-f16state", label + ", F16 state"
     else:
         mid = _type_id_form(matrix)
         if head != DEFAULT_HEAD.get(mid, "Q6_K"):

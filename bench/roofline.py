@@ -3,7 +3,7 @@
 Decoding one token reads every matrix once (the batch is one row, so nothing is reused), the whole head
 (the output matrix, or the tied token embedding), one embedding row, and reads and writes each layer's
 recurrent state: the SSM state `n_heads x head_dim x d_state` and the conv state `(d_conv - 1) x conv_dim`,
-both f32 in llama.cpp. Counted once each way, which is what BM1's bimamba2 graph moves (its scan updates
+both f32 in llama.cpp (the SSM state f16 in a bimamba2 file with `ssm.state_f16`). Counted once each way, which is what BM1's bimamba2 graph moves (its scan updates
 the state in place). Stock mamba2 graphs write the new state and then copy it, so for them the figure is a
 lower bound on bytes, i.e. the t/s ceiling `bandwidth / bytes` is an upper bound.
 """
@@ -17,6 +17,7 @@ from bimamba_edge.errors import BimambaError
 from .gguf_header import GGUFHeader
 
 STATE_BYTES_PER_VALUE = 4  # f32 recurrent state
+F16_STATE_BYTES_PER_VALUE = 2
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ def decode_traffic(header: GGUFHeader) -> DecodeTraffic:
     n_groups = header.arch_value("ssm.group_count", 1) or 1
     head_dim = d_inner // n_heads
     conv_dim = d_inner + 2 * n_groups * d_state
-    ssm = n_layer * n_heads * head_dim * d_state * STATE_BYTES_PER_VALUE * 2
+    ssm_value = F16_STATE_BYTES_PER_VALUE if header.arch_value("ssm.state_f16") else STATE_BYTES_PER_VALUE
+    ssm = n_layer * n_heads * head_dim * d_state * ssm_value * 2
     conv = n_layer * (d_conv - 1) * conv_dim * STATE_BYTES_PER_VALUE * 2
     return DecodeTraffic(matrices, head, row, ssm, conv)
 

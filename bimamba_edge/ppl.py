@@ -19,6 +19,7 @@ import torch
 
 from .cli_util import run_main
 from .errors import BimambaError
+from .runtime import STATE_TYPES
 
 WINDOWING = (
     "llama-perplexity's default windowing: the text (one trailing newline dropped, as -f does) is tokenized "
@@ -113,15 +114,15 @@ class Scorer:
     logits: Callable[[list[int]], object]
 
 
-def gguf_scorer(path: Path, n_ctx: int, threads: int | None) -> Scorer:
+def gguf_scorer(path: Path, n_ctx: int, threads: int | None, state_type: str | None) -> Scorer:
     from .runtime import load
 
-    model = load(path, n_ctx=n_ctx, n_threads=threads)
-    return Scorer("llama.cpp (patched runtime)", model.llama.token_bos(),
+    model = load(path, n_ctx=n_ctx, n_threads=threads, state_type=state_type)
+    return Scorer(f"llama.cpp (patched runtime), {model.state_type} state", model.llama.token_bos(),
                   lambda text: model.tokenize(text, add_bos=True), model.logits)
 
 
-def reference_scorer(directory: Path, threads: int | None) -> Scorer:
+def reference_scorer(directory: Path, threads: int | None, state_type: str | None) -> Scorer:
     from .checkpoint import Checkpoint
     from .convert.vocab import load_vocab
     from .reference import ReferenceModel
@@ -130,17 +131,17 @@ def reference_scorer(directory: Path, threads: int | None) -> Scorer:
     torch.set_num_threads(threads or 1)  # token-by-token matrix-vector products: more threads mostly contend
     ckpt = Checkpoint(directory)
     tokenizer = Tokenizer(load_vocab(ckpt.tokenizer_path()).model)
-    reference = ReferenceModel(ckpt)
-    return Scorer("bimamba_edge.reference (PyTorch, float32)", tokenizer.bos_id,
+    reference = ReferenceModel(ckpt, torch.float16 if state_type == "f16" else torch.float32)
+    return Scorer(f"bimamba_edge.reference (PyTorch, float32), {state_type or 'f32'} state", tokenizer.bos_id,
                   lambda text: tokenizer.encode(text, add_bos=True), reference.forward)
 
 
-def scorer_for(model: str | Path, n_ctx: int, threads: int | None) -> Scorer:
+def scorer_for(model: str | Path, n_ctx: int, threads: int | None, state_type: str | None = None) -> Scorer:
     path = Path(model)
     if path.is_dir():
-        return reference_scorer(path, threads)
+        return reference_scorer(path, threads, state_type)
     if path.is_file():
-        return gguf_scorer(path, n_ctx, threads)
+        return gguf_scorer(path, n_ctx, threads, state_type)
     raise BimambaError(f"{path}: no such file or checkpoint directory")
 
 
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-t", "--threads", type=int, default=None,
                         help="CPU threads (default: all cores for a GGUF; 1 for the reference, whose token-by-token "
                              "products gain nothing from more)")
+    parser.add_argument("--state-type", choices=STATE_TYPES, default=None,
+                        help="SSM state storage between tokens (default: the file's, f32 unless converted with "
+                             "--state-type f16); for a checkpoint, the reference rounds its state the same way")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = parser.parse_args(argv)
 
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.chunks is not None and args.chunks < 1:
             raise BimambaError(f"--chunks {args.chunks}: must be at least 1")
         text = read_text(args.file)
-        scorer = scorer_for(args.model, args.ctx, args.threads)
+        scorer = scorer_for(args.model, args.ctx, args.threads, args.state_type)
         tokens = scorer.tokens(text)
         n = len(llama_windows(tokens, args.ctx, scorer.bos_id, args.chunks))  # refuses a text too short first
         if not args.json:

@@ -47,10 +47,15 @@ class LayerState:
 
 
 class ReferenceModel:
-    """All weights in float32, FBI matrices already materialized as their effective weights."""
+    """All weights in float32, FBI matrices already materialized as their effective weights.
 
-    def __init__(self, ckpt: Checkpoint):
+    state_dtype torch.float16 stores the SSM state rounded to f16 between tokens, as the runtime's opt-in f16
+    state does (each update computed in float32 from the stored state, y from the unrounded new state).
+    """
+
+    def __init__(self, ckpt: Checkpoint, state_dtype: torch.dtype = torch.float32):
         self.config: MambaConfig = ckpt.config
+        self.state_dtype = state_dtype
         cfg = self.config
         self.embedding = ckpt.load("backbone.embedding.weight")
         self.head = ckpt.lm_head()
@@ -119,9 +124,10 @@ class ReferenceModel:
         B = B.view(cfg.ngroups, cfg.d_state).repeat_interleave(heads_per_group, 0)  # (nheads, d_state)
         C = C.view(cfg.ngroups, cfg.d_state).repeat_interleave(heads_per_group, 0)
         x = x.view(cfg.nheads, cfg.headdim)
-        state.ssm = torch.exp(dt * A)[:, None, None] * state.ssm + dt[:, None, None] * x[:, :, None] * B[:, None, :]
+        ssm = torch.exp(dt * A)[:, None, None] * state.ssm + dt[:, None, None] * x[:, :, None] * B[:, None, :]
+        state.ssm = ssm.to(self.state_dtype).float()
         D = layer["D"].view(cfg.nheads, cfg.headdim) if cfg.d_has_hdim else layer["D"][:, None]
-        y = (state.ssm @ C[:, :, None])[..., 0] + D * x             # (nheads, headdim)
+        y = (ssm @ C[:, :, None])[..., 0] + D * x                   # (nheads, headdim)
 
         y = y.reshape(cfg.d_inner) * F.silu(z)
         y = rms_norm(y.view(cfg.ngroups, -1), layer["norm.weight"].view(cfg.ngroups, -1), GATED_NORM_EPS)

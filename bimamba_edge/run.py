@@ -7,7 +7,7 @@ import sys
 import time
 
 from .cli_util import run_main
-from .runtime import load, peak_rss_bytes
+from .runtime import STATE_TYPES, load, peak_rss_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,10 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--ctx", type=int, default=2048, help="context length in tokens (default 2048)")
+    parser.add_argument("--state-type", choices=STATE_TYPES, default=None,
+                        help="SSM state storage between tokens: f16 halves the state's memory traffic (default: "
+                             "the file's, f32 unless converted with --state-type f16)")
     args = parser.parse_args(argv)
 
     def work() -> int:
-        model = load(args.model, n_ctx=args.ctx, n_threads=args.threads, seed=args.seed)
+        model = load(args.model, n_ctx=args.ctx, n_threads=args.threads, seed=args.seed, state_type=args.state_type)
         prompt = model.tokenize(args.prompt)
         if len(prompt) + args.max_tokens > args.ctx:
             parser.error(f"prompt ({len(prompt)} tokens) + -n {args.max_tokens} exceeds --ctx {args.ctx}")
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print("=" * 10, file=sys.stderr)
         print(f"Prompt: {len(prompt)} tokens, {prompt_tps:.3f} tokens-per-sec", file=sys.stderr)
         print(f"Generation: {len(generated)} tokens, {generation_tps:.3f} tokens-per-sec", file=sys.stderr)
-        print(f"Peak memory: {peak_rss_bytes() / 1e9:.3f} GB", file=sys.stderr)
+        print(f"Peak memory: {peak_rss_bytes() / 1e9:.3f} GB, SSM state {model.state_type}", file=sys.stderr)
         return 0
 
     return run_main("bimamba-run", work)

@@ -19,6 +19,11 @@ import numpy as np
 from .errors import BimambaError
 
 ARCHITECTURES = ("bimamba2", "mamba2")
+# Storage of the SSM state cache between tokens: f32 (the default, exact) or f16 (opt-in: half the state
+# stream, the update itself still computed in f32). A bimamba2 file may set it with this key (bimamba-convert
+# --state-type); loading can override it either way (docs/format.md).
+STATE_TYPES = ("f32", "f16")
+STATE_F16_KEY = "bimamba2.ssm.state_f16"
 _log_lines: list[str] = []
 
 
@@ -80,16 +85,26 @@ class Model:
     """A GGUF loaded in the patched llama.cpp. `logits` and `generate` restart from an empty state."""
 
     def __init__(self, path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None, seed: int = 0,
-                 check: bool = True):
+                 state_type: str | None = None, check: bool = True):
+        """state_type: "f32" or "f16" overrides the file's SSM state storage (STATE_TYPES); None keeps it."""
         self.path = Path(path)
+        if state_type is not None and state_type not in STATE_TYPES:
+            raise BimambaError(f"unknown state type {state_type!r}; choose from {', '.join(STATE_TYPES)}")
         self.info = preflight(self.path) if check else {}
         llama_cpp = _import_llama_cpp()
         threads = n_threads or os.cpu_count() or 1
+        overrides = {STATE_F16_KEY: state_type == "f16"} if state_type else None
         try:
             self.llama = llama_cpp.Llama(str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=threads,
-                                         n_threads_batch=threads, logits_all=True, seed=seed, verbose=False)
+                                         n_threads_batch=threads, logits_all=True, seed=seed, kv_overrides=overrides,
+                                         verbose=False)
         except ValueError:
             raise BimambaError(f"{self.path}: llama.cpp could not load it: {_last_error()}") from None
+        arch = self.llama.metadata.get("general.architecture")
+        if state_type == "f16" and arch != "bimamba2":
+            raise BimambaError(f"{self.path}: an f16 state needs a bimamba2 file (this one is {arch})")
+        self.state_type = "f16" if (state_type == "f16" or (state_type is None and
+                                    self.llama.metadata.get(STATE_F16_KEY) == "true")) else "f32"
         self.n_vocab = self.llama.n_vocab()
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:

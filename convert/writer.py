@@ -18,6 +18,7 @@ import numpy as np
 from bimamba_edge import quants
 from bimamba_edge.checkpoint import PAPER_BIMAMBA_GB, PAPER_SHAPES, Checkpoint
 from bimamba_edge.errors import BimambaError
+from bimamba_edge.runtime import STATE_F16_KEY, STATE_TYPES
 
 from .tensors import F16, F32, HEAD_TYPES, PlannedTensor, count_zero_latents, plan_tensors, type_name
 from .vocab import load_vocab
@@ -33,6 +34,7 @@ class ConvertOptions:
     outtype: str = "bm1"            # bm1 | f16 | f32
     head_type: str | None = None    # f32 | f16 | q8_0; default f32 for --outtype f32, else f16
     binarize: str | None = None     # "sign": post-training sign binarization of plain matrices
+    state_type: str = "f32"         # f16: the file asks for an f16 SSM state cache (bimamba2 only)
 
 
 @dataclass
@@ -78,6 +80,11 @@ def convert(checkpoint_dir: str | Path, out_path: str | Path, options: ConvertOp
     bimamba = options.outtype == "bm1"
     if options.binarize and not bimamba:
         raise BimambaError("--binarize sign writes BM1 matrices; it cannot be combined with --outtype f16/f32")
+    if options.state_type not in STATE_TYPES:
+        raise BimambaError(f"unknown --state-type {options.state_type!r}; choose from {', '.join(STATE_TYPES)}")
+    if options.state_type == "f16" and not bimamba:
+        raise BimambaError("--state-type f16 needs the bimamba2 architecture (--outtype bm1); stock mamba2 "
+                           "keeps an f32 state")
     head_name = options.head_type or ("f32" if options.outtype == "f32" else "f16")
     if head_name not in HEAD_TYPES:
         raise BimambaError(f"unknown --head-type {head_name!r}; choose from {', '.join(HEAD_TYPES)}")
@@ -102,7 +109,7 @@ def convert(checkpoint_dir: str | Path, out_path: str | Path, options: ConvertOp
     try:
         writer = gguf.GGUFWriter(tmp_path, arch=arch, use_temp_file=False)
         _write_metadata(writer, ckpt, arch, vocab, scaling, sum(zeros.values()),
-                        quants.LLAMA_FTYPE_MOSTLY_BM1 if bimamba else LLAMA_FTYPE[dense_type])
+                        quants.LLAMA_FTYPE_MOSTLY_BM1 if bimamba else LLAMA_FTYPE[dense_type], options.state_type)
         for t in plan:
             # Logical shape for every type: gguf turns byte shapes into element shapes only for uint8 arrays.
             writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes,
@@ -134,7 +141,7 @@ def convert(checkpoint_dir: str | Path, out_path: str | Path, options: ConvertOp
 
 
 def _write_metadata(writer: gguf.GGUFWriter, ckpt: Checkpoint, arch: str, vocab, scaling: dict[str, int],
-                    zero_latents: int, file_type: int) -> None:
+                    zero_latents: int, file_type: int, state_type: str) -> None:
     """mamba2's keys (as upstream's convert_hf_to_gguf writes them), the tokenizer, and ours."""
     cfg = ckpt.config
     writer.add_name(ckpt.directory.name)
@@ -155,6 +162,8 @@ def _write_metadata(writer: gguf.GGUFWriter, ckpt: Checkpoint, arch: str, vocab,
         writer.add_uint32(f"{arch}.ssm_in.fbi_scaling", scaling["in_proj"])
         writer.add_uint32(f"{arch}.ssm_out.fbi_scaling", scaling["out_proj"])
         writer.add_uint64(f"{arch}.zero_latent_count", zero_latents)
+        if state_type == "f16":
+            writer.add_bool(STATE_F16_KEY, True)
     writer.add_string(f"{arch}.source.layout", ckpt.layout)
     writer.add_array(f"{arch}.source.files", [p.name for p in ckpt.files])
     writer.add_string(f"{arch}.source.tokenizer", vocab.source if vocab.source.startswith("llama-2") else "tokenizer.model")

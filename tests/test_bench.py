@@ -22,7 +22,7 @@ from bimamba_edge.bench import energy as en
 from bimamba_edge.bench.cli import FIXTURE_SHAPES
 from bimamba_edge.bench.cli import main as bench_main
 from bimamba_edge.bench.gguf_header import read_header
-from bimamba_edge.bench.models import identify, scan_models
+from bimamba_edge.bench.models import VARIANTS, identify, scan_models
 from bimamba_edge.bench.roofline import decode_traffic
 from bimamba_edge.bench.schema import SCHEMA, SchemaError, validate
 from bimamba_edge.bench.suite import energy_per_token
@@ -250,6 +250,15 @@ def test_decode_traffic_counts_weights_head_and_state(make_checkpoint, tmp_path)
     conv_dim = cfg.d_inner + 2 * cfg.ngroups * cfg.d_state
     assert traffic.conv_state == cfg.n_layer * (cfg.d_conv - 1) * conv_dim * 4 * 2
     assert identify(path).id == "bm1-q8_0"
+
+
+def test_an_f16_state_file_moves_half_the_ssm_state(make_checkpoint, tmp_path):
+    directory = make_checkpoint()
+    f32 = decode_traffic(read_header(_convert(directory, tmp_path / "a.gguf", "--head-type", "q6_K")))
+    path = _convert(directory, tmp_path / "b.gguf", "--head-type", "q6_K", "--state-type", "f16")
+    f16 = decode_traffic(read_header(path))
+    assert f16.ssm_state * 2 == f32.ssm_state and f16.conv_state == f32.conv_state
+    assert identify(path).id == "bm1-q6_K-f16state" and identify(path).label == VARIANTS["bm1-q6_K-f16state"].label
 
 
 # -- schema and a real end-to-end run -----------------------------------------------------------------------

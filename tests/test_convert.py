@@ -241,6 +241,14 @@ def test_bad_input_gives_one_clear_line_and_no_output(make_checkpoint, tmp_path)
     assert not sentinel.exists(), "the pickle's code ran"
 
 
+def test_f16_state_needs_the_bimamba2_architecture(make_checkpoint, tmp_path):
+    out = tmp_path / "dense.gguf"
+    proc = run_convert(make_checkpoint(), out, "--outtype", "f16", "--state-type", "f16")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and "--state-type f16 needs the bimamba2 architecture" in lines[0]
+    assert not out.exists()
+
+
 def test_missing_output_directory(make_checkpoint, tmp_path):
     proc = run_convert(make_checkpoint(), tmp_path / "no" / "such" / "m.gguf")
     assert proc.returncode != 0 and "output directory does not exist" in proc.stderr

@@ -20,6 +20,8 @@ from conftest import run_convert
 
 # The bar for the shipped student: GGUF in the runtime (c) within 0.5 % of the reference (b).
 SHIPPED_TOLERANCE = 0.005
+# The bar for the opt-in f16 SSM state: it changes the shipped student's perplexity by at most 0.1 %.
+F16_STATE_TOLERANCE = 0.001
 
 
 def run_ppl(*args) -> subprocess.CompletedProcess:
@@ -134,3 +136,14 @@ def test_shipped_student_gguf_is_within_half_a_percent_of_the_reference(tmp_path
     assert runtime_result["scored_tokens"] == reference_result["scored_tokens"] == 8 * 255
     relative = abs(runtime_result["ppl"] - reference_result["ppl"]) / reference_result["ppl"]
     assert relative <= SHIPPED_TOLERANCE, (runtime_result["ppl"], reference_result["ppl"])
+
+
+def test_f16_state_changes_the_shipped_students_perplexity_by_at_most_a_tenth_of_a_percent(tmp_path):
+    assert (DEMO_CHECKPOINT / "config.json").is_file(), f"no trained student at {DEMO_CHECKPOINT}"
+    proc = run_convert(DEMO_CHECKPOINT, tmp_path / "student.gguf")
+    assert proc.returncode == 0, proc.stderr
+    common = (tmp_path / "student.gguf", "--file", HELDOUT_SLICE, "--ctx", 512, "--chunks", 8, "-t", 2)
+    f32, f16 = ppl_json(*common), ppl_json(*common, "--state-type", "f16")
+    assert f32["backend"].endswith("f32 state") and f16["backend"].endswith("f16 state")
+    relative = abs(f16["ppl"] - f32["ppl"]) / f32["ppl"]
+    assert relative <= F16_STATE_TOLERANCE, (f16["ppl"], f32["ppl"])

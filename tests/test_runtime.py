@@ -14,6 +14,7 @@ import torch
 
 from bimamba_edge import runtime
 from bimamba_edge.checkpoint import Checkpoint
+from bimamba_edge.errors import BimambaError
 from bimamba_edge.reference import ReferenceModel, fbi_weight
 from bimamba_edge.testing import small_config
 from conftest import run_convert
@@ -37,6 +38,9 @@ FIDELITY_COSINE = 0.999
 # The BM1 matmul meets 15-bit activations (Q16_K): against the signs the file holds, the runtime agrees to
 # float rounding, and this bar catches a wrong scale or a missed term.
 STORED_SIGNS_COSINE = 0.999999
+# The f16 state: the runtime and a reference that rounds its state to f16 after each token may round a value
+# to neighbouring f16s (their inputs differ by float rounding), so the bar sits below STORED_SIGNS_COSINE.
+F16_STATE_COSINE = 0.99999
 
 
 def convert(directory, out, *args):
@@ -49,9 +53,9 @@ def cosine_per_position(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-def reference_of_the_stored_signs(ckpt: Checkpoint) -> ReferenceModel:
+def reference_of_the_stored_signs(ckpt: Checkpoint, state_dtype: torch.dtype = torch.float32) -> ReferenceModel:
     """The exact reference with each FBI latent's sign as BM1 stores it: an exact 0 becomes +1."""
-    model = ReferenceModel(ckpt)
+    model = ReferenceModel(ckpt, state_dtype)
     for i, layer in enumerate(model.layers):
         for proj in ("in_proj", "out_proj"):
             base = f"backbone.layers.{i}.mixer.{proj}."
@@ -124,6 +128,38 @@ def test_dense_mamba2_export_matches_too(make_checkpoint, tmp_path):
     assert cos.min() >= 0.99999
 
 
+def test_f16_state_rounds_as_the_reference_does(make_checkpoint, tmp_path):
+    """--state-type f16 keeps the SSM state in f16 between tokens: the runtime follows a reference that rounds
+    its state the same way, over a prompt (one batch) and a greedy continuation (token by token), and stays
+    within the fidelity bar of the exact f32 reference."""
+    directory = make_checkpoint(scaling="column")
+    ckpt = Checkpoint(directory)
+    gguf_path = convert(directory, tmp_path / "m.gguf", "--head-type", "f32")
+    tokens = torch.randint(1, ckpt.config.vocab_size, (N_TOKENS,), generator=torch.Generator().manual_seed(5)).tolist()
+    model = runtime.load(gguf_path, n_ctx=256, n_threads=2, state_type="f16")
+    assert model.state_type == "f16"
+    ours = model.logits(tokens)
+    assert np.abs(ours - runtime.load(gguf_path, n_ctx=256, n_threads=2).logits(tokens)).max() > 0
+    rounded = cosine_per_position(ours, reference_of_the_stored_signs(ckpt, torch.float16).forward(tokens).numpy())
+    assert rounded.min() >= F16_STATE_COSINE, f"worst position {rounded.argmin()}: cosine {rounded.min():.7f}"
+    exact = cosine_per_position(ours, ReferenceModel(ckpt).forward(tokens).numpy())
+    assert exact.min() >= FIDELITY_COSINE, f"worst position {exact.argmin()}: cosine {exact.min():.7f}"
+    prompt = tokens[:8]
+    expected = reference_greedy(ReferenceModel(ckpt, torch.float16), prompt, N_GREEDY)
+    assert list(model.generate(prompt, N_GREEDY)) == expected
+
+
+def test_state_type_comes_from_the_file_and_loading_overrides_it(make_checkpoint, tmp_path):
+    directory = make_checkpoint()
+    f16_file = convert(directory, tmp_path / "s16.gguf", "--state-type", "f16")
+    assert runtime.load(f16_file, n_ctx=64).state_type == "f16"
+    assert runtime.load(f16_file, n_ctx=64, state_type="f32").state_type == "f32"
+    assert runtime.load(convert(directory, tmp_path / "s32.gguf"), n_ctx=64).state_type == "f32"
+    dense = convert(directory, tmp_path / "dense.gguf", "--outtype", "f16")
+    with pytest.raises(BimambaError, match="an f16 state needs a bimamba2 file"):
+        runtime.load(dense, n_ctx=64, state_type="f16")
+
+
 def decode_together(gguf_path, steps: list[list[list[int]]]) -> list[list[np.ndarray]]:
     """Decodes sequences side by side in one batch per step, through llama.cpp's C API (the Python wrapper runs
     one sequence); returns each step's last-token logits per sequence."""
@@ -157,17 +193,22 @@ def decode_together(gguf_path, steps: list[list[list[int]]]) -> list[list[np.nda
     return out
 
 
-def test_sequences_decoded_together_match_one_at_a_time(make_checkpoint, tmp_path):
+@pytest.mark.parametrize("state_type", ["f32", "f16"])
+def test_sequences_decoded_together_match_one_at_a_time(make_checkpoint, tmp_path, state_type):
     """Equal-length sequences share a ubatch (llama.cpp's equal split), so two of them take upstream's
-    write-then-copy scan; one sequence alone takes the in-place one. Both steps must agree (here: bitwise)."""
-    gguf_path = convert(make_checkpoint(), tmp_path / "m.gguf")
+    write-then-copy scan; one sequence alone takes the in-place one. Both steps must agree: bitwise with an
+    f32 state; with an f16 state to its rounding, as the shared path rounds the state once per batch where
+    the in-place one rounds it after every token."""
+    gguf_path = convert(make_checkpoint(), tmp_path / "m.gguf", "--state-type", state_type)
     prompts, next_tokens = [[1, 17, 230, 41, 9, 3], [1, 5, 99, 7, 12, 40]], [[77], [8]]
     together = decode_together(gguf_path, [prompts, next_tokens])
     alone = runtime.load(gguf_path, n_ctx=128)
+    assert alone.state_type == state_type
+    tolerance = 1e-5 if state_type == "f32" else 1e-2
     for seq in range(2):
         logits = alone.logits(prompts[seq] + next_tokens[seq])
         for step, position in ((0, len(prompts[seq]) - 1), (1, len(prompts[seq]))):
-            assert np.allclose(together[step][seq], logits[position], rtol=1e-5, atol=1e-5), (seq, step)
+            assert np.allclose(together[step][seq], logits[position], rtol=tolerance, atol=tolerance), (seq, step)
 
 
 def test_greedy_is_deterministic(make_checkpoint, tmp_path):
