@@ -114,7 +114,7 @@ class Scorer:
     logits: Callable[[list[int]], object]
 
 
-def gguf_scorer(path: Path, n_ctx: int, threads: int | None, state_type: str | None) -> Scorer:
+def gguf_scorer(path: Path, n_ctx: int, threads: int | None, state_type: str | None = None) -> Scorer:
     from .runtime import load
 
     model = load(path, n_ctx=n_ctx, n_threads=threads, state_type=state_type)
@@ -122,7 +122,7 @@ def gguf_scorer(path: Path, n_ctx: int, threads: int | None, state_type: str | N
                   lambda text: model.tokenize(text, add_bos=True), model.logits)
 
 
-def reference_scorer(directory: Path, threads: int | None, state_type: str | None) -> Scorer:
+def reference_scorer(directory: Path, threads: int | None, state_type: str | None = None) -> Scorer:
     from .checkpoint import Checkpoint
     from .convert.vocab import load_vocab
     from .reference import ReferenceModel

@@ -27,9 +27,14 @@ def run_convert(*args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-def assert_c_test_passes(cmd: list[str], label: str) -> str:
-    """Runs a C test binary (ggml's or ours); fails with the tail of its output unless it exits 0."""
+# what each kernel test prints when it did test what matters: test-bm1 the 2 x 2 prefill tiles (every
+# build we test has them: AVX-512, AVX2, NEON with and without dotprod), test-quantize-fns the type BM1
+KERNEL_TEST_PROOF = {"test-bm1": "BM1 vec_dot rows per call: 2", "test-quantize-fns": "bm1"}
+
+
+def assert_kernel_test_passes(cmd: list[str], test: str, build: str) -> None:
+    """Runs a kernel test binary (ggml's or ours): it must exit 0 and print its KERNEL_TEST_PROOF."""
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{label}:\n{output[-3000:]}"
-    return output
+    assert proc.returncode == 0, f"{test} ({build}):\n{output[-3000:]}"
+    assert KERNEL_TEST_PROOF[test] in output, f"{test} ({build}) passed without printing {KERNEL_TEST_PROOF[test]!r}"

@@ -11,7 +11,7 @@ import platform
 import pytest
 
 from bimamba_edge.build import KERNEL_TESTS, build_x86_avx2
-from conftest import assert_c_test_passes
+from conftest import assert_kernel_test_passes
 
 
 @pytest.mark.heavy
@@ -20,4 +20,4 @@ def test_bm1_avx2_kernel_passes():
         pytest.skip(f"an x86-64 build; this host is {platform.machine()}")
     bin_dir = build_x86_avx2()
     for test in KERNEL_TESTS:
-        assert_c_test_passes([str(bin_dir / test)], f"{test} (AVX2)")
+        assert_kernel_test_passes([str(bin_dir / test)], test, "AVX2")

@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from bimamba_edge.build import AARCH64_VARIANTS, KERNEL_TESTS, cross_build_aarch64
-from conftest import assert_c_test_passes
+from conftest import assert_kernel_test_passes
 
 # a CPU without dotprod for the plain build: an sdot there would die with SIGILL instead of passing
 QEMU_CPU = {"dotprod": "max", "plain": "cortex-a53"}
@@ -26,4 +26,4 @@ def test_bm1_kernels_pass_under_qemu(variant):
         pytest.skip(f"{', '.join(missing)} not installed (Debian: g++-aarch64-linux-gnu qemu-user)")
     bin_dir = cross_build_aarch64(variant)
     for test in KERNEL_TESTS:
-        assert_c_test_passes(["qemu-aarch64", "-cpu", QEMU_CPU[variant], str(bin_dir / test)], f"{test} ({variant})")
+        assert_kernel_test_passes(["qemu-aarch64", "-cpu", QEMU_CPU[variant], str(bin_dir / test)], test, variant)
