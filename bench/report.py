@@ -82,8 +82,8 @@ def markdown(doc: dict) -> str:
                 cells = [f"{rows[d]['tokens_per_s']['mean']:.1f} t/s, {_mb(rows[d]['peak_rss_bytes'])} MB"
                          if d in rows else "–" for d in depths]
                 lines.append(f"| {model['label']} | " + " | ".join(cells) + " |")
-    lines += ["", "Decode MB/token: every matrix and the head read once, plus the f32 SSM and conv state read and "
-                  "written once (BM1's bimamba2 graph updates the state in place; stock mamba2 graphs also copy it "
+    lines += ["", "Decode MB/token: every matrix and the head read once, plus the SSM state (f32, or f16 in an "
+                  "F16-state file) and the f32 conv state read and written once (BM1's bimamba2 graph updates the state in place; stock mamba2 graphs also copy it "
                   "after the scan), from the GGUF's tensor sizes. Ceiling = read bandwidth at that thread count / MB "
                   "per token.",
               f"CPU s/token: {s['cpu_s_per_token']}."]
