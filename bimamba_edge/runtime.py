@@ -103,8 +103,7 @@ class Model:
         arch = self.llama.metadata.get("general.architecture")
         if state_type == "f16" and arch != "bimamba2":
             raise BimambaError(f"{self.path}: an f16 state needs a bimamba2 file (this one is {arch})")
-        self.state_type = "f16" if (state_type == "f16" or (state_type is None and
-                                    self.llama.metadata.get(STATE_F16_KEY) == "true")) else "f32"
+        self.state_type = state_type or ("f16" if self.llama.metadata.get(STATE_F16_KEY) == "true" else "f32")
         self.n_vocab = self.llama.n_vocab()
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
