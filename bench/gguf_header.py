@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bimamba_edge.errors import BimambaError
 from bimamba_edge.quants import GGML_TYPE_BM1
+from bimamba_edge.runtime import STATE_F16_KEY
 
 # ggml type ids -> names, as in ggml.h of the pinned llama.cpp, plus our BM1
 GGML_TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
@@ -62,6 +63,11 @@ class GGUFHeader:
 
     def arch_value(self, key: str, default=None):
         return self.metadata.get(f"{self.arch}.{key}", default)
+
+    @property
+    def state_f16(self) -> bool:
+        """The file asks for an f16 SSM state cache (bimamba-convert --state-type f16)."""
+        return bool(self.metadata.get(STATE_F16_KEY, False))
 
 
 class _Reader:

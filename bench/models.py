@@ -93,7 +93,7 @@ def identify(path: Path) -> ModelFile:
     if header.arch == "bimamba2":
         mid = f"{_type_id_form(matrix)}-{_type_id_form(head)}"
         label = f"{matrix} (ours), {head} head"
-        if header.arch_value("ssm.state_f16"):
+        if header.state_f16:
             mid, label = mid + "-f16state", label + ", F16 state"
     else:
         mid = _type_id_form(matrix)

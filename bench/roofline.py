@@ -62,7 +62,7 @@ def decode_traffic(header: GGUFHeader) -> DecodeTraffic:
     n_groups = header.arch_value("ssm.group_count", 1) or 1
     head_dim = d_inner // n_heads
     conv_dim = d_inner + 2 * n_groups * d_state
-    ssm_value = F16_STATE_BYTES_PER_VALUE if header.arch_value("ssm.state_f16") else STATE_BYTES_PER_VALUE
+    ssm_value = F16_STATE_BYTES_PER_VALUE if header.state_f16 else STATE_BYTES_PER_VALUE
     ssm = n_layer * n_heads * head_dim * d_state * ssm_value * 2
     conv = n_layer * (d_conv - 1) * conv_dim * STATE_BYTES_PER_VALUE * 2
     return DecodeTraffic(matrices, head, row, ssm, conv)

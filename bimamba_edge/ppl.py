@@ -19,7 +19,7 @@ import torch
 
 from .cli_util import run_main
 from .errors import BimambaError
-from .runtime import STATE_TYPES
+from .runtime import STATE_TYPES, load
 
 WINDOWING = (
     "llama-perplexity's default windowing: the text (one trailing newline dropped, as -f does) is tokenized "
@@ -115,8 +115,6 @@ class Scorer:
 
 
 def gguf_scorer(path: Path, n_ctx: int, threads: int | None, state_type: str | None = None) -> Scorer:
-    from .runtime import load
-
     model = load(path, n_ctx=n_ctx, n_threads=threads, state_type=state_type)
     return Scorer(f"llama.cpp (patched runtime), {model.state_type} state", model.llama.token_bos(),
                   lambda text: model.tokenize(text, add_bos=True), model.logits)
