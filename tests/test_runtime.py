@@ -5,14 +5,16 @@ These need the built runtime (`bimamba-build`, run by `make test`); without it t
 
 from __future__ import annotations
 
+import ctypes
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
-from bimamba_edge import runtime
+from bimamba_edge import ggml, runtime
 from bimamba_edge.checkpoint import Checkpoint
 from bimamba_edge.errors import BimambaError
 from bimamba_edge.reference import ReferenceModel, fbi_weight
@@ -160,15 +162,26 @@ def test_state_type_comes_from_the_file_and_loading_overrides_it(make_checkpoint
         runtime.load(dense, n_ctx=64, state_type="f16")
 
 
-def decode_together(gguf_path, steps: list[list[list[int]]]) -> list[list[np.ndarray]]:
+def decode_together(gguf_path, steps: list[list[list[int]]], ops: Counter | None = None) -> list[list[np.ndarray]]:
     """Decodes sequences side by side in one batch per step, through llama.cpp's C API (the Python wrapper runs
-    one sequence); returns each step's last-token logits per sequence."""
+    one sequence); returns each step's last-token logits per sequence. With ops, counts the graph nodes that
+    ran, by ggml op (ggml_op_desc), through llama.cpp's eval callback."""
     import llama_cpp as lc
 
     model = lc.llama_model_load_from_file(str(gguf_path).encode(), lc.llama_model_default_params())
     params = lc.llama_context_default_params()
     params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 256, 64, 64, 2
     params.n_threads = params.n_threads_batch = 2
+    if ops is not None:
+        op_desc = ggml.libggml_base().ggml_op_desc
+        op_desc.restype, op_desc.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+
+        def count(tensor, ask, user_data):
+            if ask:
+                ops[op_desc(tensor).decode()] += 1
+            return False  # asks for no data: the graph still runs whole
+
+        params.cb_eval = lc.ggml_backend_sched_eval_callback(count)  # the struct keeps the callback alive
     ctx = lc.llama_init_from_model(model, params)
     n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(model))
     batch = lc.llama_batch_init(64, 0, 2)
@@ -196,19 +209,37 @@ def decode_together(gguf_path, steps: list[list[list[int]]]) -> list[list[np.nda
 @pytest.mark.parametrize("state_type", ["f32", "f16"])
 def test_sequences_decoded_together_match_one_at_a_time(make_checkpoint, tmp_path, state_type):
     """Equal-length sequences share a ubatch (llama.cpp's equal split), so two of them take upstream's
-    write-then-copy scan; one sequence alone takes the in-place one. Both steps must agree: bitwise with an
-    f32 state; with an f16 state to its rounding, as the shared path rounds the state once per batch where
-    the in-place one rounds it after every token."""
+    write-then-copy conv and scan; one sequence alone takes the fused in-place ones. Both must agree: bitwise
+    with an f32 state (the fused ops round as the ops they replace); with an f16 state to its rounding, as the
+    shared path rounds the state once per batch where the in-place one rounds it after every token."""
     gguf_path = convert(make_checkpoint(), tmp_path / "m.gguf", "--state-type", state_type)
     prompts, next_tokens = [[1, 17, 230, 41, 9, 3], [1, 5, 99, 7, 12, 40]], [[77], [8]]
     together = decode_together(gguf_path, [prompts, next_tokens])
     alone = runtime.load(gguf_path, n_ctx=128)
     assert alone.state_type == state_type
-    tolerance = 1e-5 if state_type == "f32" else 1e-2
     for seq in range(2):
         logits = alone.logits(prompts[seq] + next_tokens[seq])
         for step, position in ((0, len(prompts[seq]) - 1), (1, len(prompts[seq]))):
-            assert np.allclose(together[step][seq], logits[position], rtol=tolerance, atol=tolerance), (seq, step)
+            if state_type == "f32":
+                assert np.array_equal(together[step][seq], logits[position]), (seq, step)
+            else:
+                assert np.allclose(together[step][seq], logits[position], rtol=1e-2, atol=1e-2), (seq, step)
+
+
+def test_one_sequence_runs_the_fused_in_place_conv_and_scan(make_checkpoint, tmp_path):
+    """A lone sequence's layer runs its conv and its scan as one op each, reading and writing the state caches
+    in place: no concat, no copy of the new states, no separate bias, silu, skip or gate. Two sequences in one
+    batch still take upstream's ops (the other test holds both to the same logits)."""
+    gguf_path = convert(make_checkpoint(), tmp_path / "m.gguf")
+    n_layer = small_config().n_layer
+    alone, together = Counter(), Counter()
+    decode_together(gguf_path, [[[1, 17, 230]], [[41]]], ops=alone)  # a prompt, then one token
+    decode_together(gguf_path, [[[1, 17, 230], [1, 5, 99]], [[41], [7]]], ops=together)
+
+    assert alone["SSM_CONV_INPLACE"] == alone["SSM_SCAN_INPLACE"] == 2 * n_layer
+    assert alone["SSM_CONV"] == alone["SSM_SCAN"] == alone["CONCAT"] == alone["SILU"] == alone["SWIGLU"] == 0
+    assert together["SSM_CONV"] == together["SSM_SCAN"] == together["CONCAT"] == together["SWIGLU"] == 2 * n_layer
+    assert together["SSM_CONV_INPLACE"] == together["SSM_SCAN_INPLACE"] == 0
 
 
 def test_greedy_is_deterministic(make_checkpoint, tmp_path):
