@@ -83,9 +83,9 @@ def markdown(doc: dict) -> str:
                          if d in rows else "–" for d in depths]
                 lines.append(f"| {model['label']} | " + " | ".join(cells) + " |")
     lines += ["", "Decode MB/token: every matrix and the head read once, plus the SSM state (f32, or f16 in an "
-                  "F16-state file) and the f32 conv state read and written once (BM1's bimamba2 graph updates the state in place; stock mamba2 graphs also copy it "
-                  "after the scan), from the GGUF's tensor sizes. Ceiling = read bandwidth at that thread count / MB "
-                  "per token.",
+                  "F16-state file) and the f32 conv state read and written once (BM1's bimamba2 graph updates both "
+                  "in place; stock mamba2 graphs also copy them after the conv and the scan), from the GGUF's tensor "
+                  "sizes. Ceiling = read bandwidth at that thread count / MB per token.",
               f"CPU s/token: {s['cpu_s_per_token']}."]
     if energy["available"]:
         lines.append(f"Energy: {s['energy_per_token']}.")

@@ -4,8 +4,8 @@ Decoding one token reads every matrix once (the batch is one row, so nothing is 
 (the output matrix, or the tied token embedding), one embedding row, and reads and writes each layer's
 recurrent state: the SSM state `n_heads x head_dim x d_state` and the conv state `(d_conv - 1) x conv_dim`,
 both f32 in llama.cpp (the SSM state f16 in a bimamba2 file with `ssm.state_f16`). Counted once each way,
-which is what BM1's bimamba2 graph moves (its scan updates the state in place). Stock mamba2 graphs write the
-new state and then copy it, so for them the figure is a lower bound on bytes, i.e. the t/s ceiling
+which is what BM1's bimamba2 graph moves (its conv and scan update both states in place). Stock mamba2 graphs
+write the new states and then copy them, so for them the figure is a lower bound on bytes, i.e. the t/s ceiling
 `bandwidth / bytes` is an upper bound.
 """
 

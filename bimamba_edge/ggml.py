@@ -1,7 +1,8 @@
 """ggml's own type traits and quantizers, from the patched build's libggml-base through ctypes.
 
 Used where the converter needs a type numpy does not implement (Q6_K heads), by the runtime's preflight
-(ggml's own row validation), and by the tests that hold the C layout of BM1 against its numpy definition.
+(ggml's own row validation), and by the tests that hold the C layout of BM1 against its numpy definition and
+that name the graph ops a decode ran.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def libggml_base() -> ctypes.CDLL:
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t
     lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    lib.ggml_op_desc.restype = ctypes.c_char_p
+    lib.ggml_op_desc.argtypes = [ctypes.c_void_p]
     return lib
 
 

@@ -5,7 +5,6 @@ These need the built runtime (`bimamba-build`, run by `make test`); without it t
 
 from __future__ import annotations
 
-import ctypes
 import subprocess
 import sys
 from collections import Counter
@@ -173,12 +172,9 @@ def decode_together(gguf_path, steps: list[list[list[int]]], ops: Counter | None
     params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 256, 64, 64, 2
     params.n_threads = params.n_threads_batch = 2
     if ops is not None:
-        op_desc = ggml.libggml_base().ggml_op_desc
-        op_desc.restype, op_desc.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
-
         def count(tensor, ask, user_data):
             if ask:
-                ops[op_desc(tensor).decode()] += 1
+                ops[ggml.libggml_base().ggml_op_desc(tensor).decode()] += 1
             return False  # asks for no data: the graph still runs whole
 
         params.cb_eval = lc.ggml_backend_sched_eval_callback(count)  # the struct keeps the callback alive
