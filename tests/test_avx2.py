@@ -1,7 +1,8 @@
 """The AVX2 BM1 kernel, from ggml built with AVX2 and no AVX-512.
 
-The runtime's native build takes the AVX-512 path on a CPU that has it (this project's machines do), so
-without this build the AVX2 kernel would go untested there. Skipped only on a host that is not x86-64.
+The runtime's native build takes the AVX-512 path on a CPU that has it (the Intel hosts of sessions 1-8 did), so
+without this build the AVX2 kernel would go untested there. On an AVX2-only host (session 9's AMD EPYC) it
+repeats what the native build tests. Skipped only on a host that is not x86-64.
 """
 
 from __future__ import annotations
