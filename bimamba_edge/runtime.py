@@ -8,6 +8,7 @@ captured instead of sprayed on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -81,12 +82,33 @@ def preflight(path: Path) -> dict:
     return {"arch": arch, "n_tensors": len(reader.tensors)}
 
 
+@contextlib.contextmanager
+def _model_params(llama_cpp, **fields):
+    """llama_model_params fields that Llama() takes no argument for, set on the defaults it starts from."""
+    low = llama_cpp.llama_cpp
+    defaults = low.llama_model_default_params
+
+    def with_fields():
+        params = defaults()
+        for name, value in fields.items():
+            setattr(params, name, value)
+        return params
+
+    low.llama_model_default_params = with_fields
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = defaults
+
+
 class Model:
     """A GGUF loaded in the patched llama.cpp. `logits` and `generate` restart from an empty state."""
 
     def __init__(self, path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None, seed: int = 0,
-                 state_type: str | None = None, check: bool = True):
-        """state_type: "f32" or "f16" overrides the file's SSM state storage (STATE_TYPES); None keeps it."""
+                 state_type: str | None = None, repack: bool = True, check: bool = True):
+        """state_type: "f32" or "f16" overrides the file's SSM state storage (STATE_TYPES); None keeps it.
+        repack: let llama.cpp repack weights at load for its faster kernels (BM1: the lookup-table matmul where
+        the build has one), as llama.cpp does by default; False keeps the file's layout (llama-bench --repack 0)."""
         self.path = Path(path)
         if state_type is not None and state_type not in STATE_TYPES:
             raise BimambaError(f"unknown state type {state_type!r}; choose from {', '.join(STATE_TYPES)}")
@@ -95,9 +117,10 @@ class Model:
         threads = n_threads or os.cpu_count() or 1
         overrides = {STATE_F16_KEY: state_type == "f16"} if state_type else None
         try:
-            self.llama = llama_cpp.Llama(str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=threads,
-                                         n_threads_batch=threads, logits_all=True, seed=seed, kv_overrides=overrides,
-                                         verbose=False)
+            with _model_params(llama_cpp, use_extra_bufts=repack):
+                self.llama = llama_cpp.Llama(str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=threads,
+                                             n_threads_batch=threads, logits_all=True, seed=seed,
+                                             kv_overrides=overrides, verbose=False)
         except ValueError:
             raise BimambaError(f"{self.path}: llama.cpp could not load it: {_last_error()}") from None
         arch = self.llama.metadata.get("general.architecture")

@@ -111,6 +111,15 @@ def test_greedy_continuation_matches_the_exact_reference(converted):
     assert list(model.generate(prompt, N_GREEDY)) == reference_greedy(ReferenceModel(ckpt), prompt, N_GREEDY)
 
 
+def test_the_kernels_on_the_file_layout_match_the_reference_too(converted):
+    """Repacking off (llama-bench --repack 0) runs BM1's vec_dot and 2 x 2 tiles on the GGUF layout instead of the
+    lookup-table matmul that llama.cpp loads by default where the build has it: the same bar."""
+    ckpt, model, tokens, _ = converted
+    file_layout = runtime.load(model.path, n_ctx=256, n_threads=2, repack=False).logits(tokens)
+    cos = cosine_per_position(file_layout, reference_of_the_stored_signs(ckpt).forward(tokens).numpy())
+    assert cos.min() >= STORED_SIGNS_COSINE, f"worst position {cos.argmin()}: cosine {cos.min():.7f}"
+
+
 def test_greedy_continuation_of_the_bimamba_pattern_matches_the_exact_reference(make_checkpoint, tmp_path):
     """Column scaling with a tied head, as Bi-Mamba ships: the exact reference's greedy text is reproduced."""
     directory = make_checkpoint(scaling="column")
