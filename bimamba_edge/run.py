@@ -24,10 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-type", choices=STATE_TYPES, default=None,
                         help="SSM state storage between tokens: f16 halves the state's memory traffic (default: "
                              "the file's, f32 unless converted with --state-type f16)")
+    parser.add_argument("--no-repack", action="store_true",
+                        help="keep the weights in the file's layout, as llama.cpp's --no-repack: BM1 then runs its "
+                             "sign-identity kernels instead of the lookup-table matmul (default: repack at load)")
     args = parser.parse_args(argv)
 
     def work() -> int:
-        model = load(args.model, n_ctx=args.ctx, n_threads=args.threads, seed=args.seed, state_type=args.state_type)
+        model = load(args.model, n_ctx=args.ctx, n_threads=args.threads, seed=args.seed, state_type=args.state_type,
+                     repack=not args.no_repack)
         prompt = model.tokenize(args.prompt)
         if len(prompt) + args.max_tokens > args.ctx:
             parser.error(f"prompt ({len(prompt)} tokens) + -n {args.max_tokens} exceeds --ctx {args.ctx}")

@@ -266,6 +266,15 @@ def test_bimamba_run_streams_text_and_reports_speed(make_checkpoint, tmp_path):
     assert "Generation: 16 tokens" in proc.stderr and "tokens-per-sec" in proc.stderr and "Peak memory" in proc.stderr
 
 
+def test_bimamba_run_no_repack_generates_what_the_file_layout_kernels_do(make_checkpoint, tmp_path):
+    gguf_path = convert(make_checkpoint(), tmp_path / "m.gguf")
+    model = runtime.load(gguf_path, n_ctx=256, n_threads=2, repack=False)
+    want = "It is a truth" + model.detokenize(list(model.generate(model.tokenize("It is a truth"), 16)))
+    proc = run_cli(gguf_path, "-p", "It is a truth", "-n", "16", "-t", "2", "--ctx", "256", "--no-repack")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip("\n") == want
+
+
 def test_bimamba_run_refuses_bad_files(make_checkpoint, tmp_path):
     good = convert(make_checkpoint(), tmp_path / "good.gguf")
     data = good.read_bytes()
