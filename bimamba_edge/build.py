@@ -10,6 +10,7 @@
 
 Everything is cached under a key hashed from the sdist, the patches' contents and the build flags:
 nothing is rebuilt unless one of them changes, and a changed input can never reuse a stale build.
+Builds of other patch sets stay in the cache until `bimamba-build --prune` removes them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -81,9 +83,13 @@ def cmake_flags(portable: bool) -> list[str]:
     return flags
 
 
+def patched_tree_name() -> str:
+    return f"patched-{patches_key()}"
+
+
 def patched_tree() -> Path:
     """A copy of the sdist with our patches applied, cached by the patches' hash."""
-    tree = upstream.cache_dir() / f"patched-{patches_key()}"
+    tree = upstream.cache_dir() / patched_tree_name()
     complete = tree / ".bimamba-complete"
     if complete.exists():
         return tree
@@ -118,10 +124,15 @@ def _run(cmd: list[str], what: str, log: Path, **kwargs) -> None:
         raise BimambaError(f"{what} failed (exit {proc.returncode}); full log: {log}")
 
 
+def runtime_key(portable: bool) -> str:
+    return _digest(patches_key().encode(), " ".join(cmake_flags(portable) + list(TOOLS + TESTS)).encode(),
+                   platform.machine().encode())
+
+
 def build(portable: bool = False, jobs: int | None = None) -> Runtime:
     source = patched_tree()
     flags = cmake_flags(portable)
-    key = _digest(patches_key().encode(), " ".join(flags + list(TOOLS + TESTS)).encode(), platform.machine().encode())
+    key = runtime_key(portable)
     build_dir = upstream.cache_dir() / f"build-{key}"
     runtime = Runtime(key, str(source), str(build_dir), flags)
     log = upstream.cache_dir() / f"build-{key}.log"
@@ -135,6 +146,10 @@ def build(portable: bool = False, jobs: int | None = None) -> Runtime:
         done.write_text(key + "\n")
     _install_python(runtime, log)
     (upstream.cache_dir() / RUNTIME_RECORD).write_text(json.dumps(asdict(runtime), indent=2))
+    stale = stale_entries()
+    if stale:
+        print(f"bimamba-build: {len(stale)} cache entries of other patch sets in {upstream.cache_dir()}; "
+              "`bimamba-build --prune` removes them", file=sys.stderr)
     return runtime
 
 
@@ -175,9 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--portable", action="store_true",
                         help="no -march=native: AVX2 floor on x86-64, plain NEON on arm64")
     parser.add_argument("-j", "--jobs", type=int, default=None, help="parallel compile jobs (default: all cores)")
+    parser.add_argument("--prune", action="store_true",
+                        help="remove the cached builds and patched trees of other patch sets, then exit")
     args = parser.parse_args(argv)
 
     def work() -> int:
+        if args.prune:
+            removed, freed = prune()
+            print(f"removed {removed} cache entries of other patch sets ({freed / 1e9:.2f} GB) from {upstream.cache_dir()}")
+            return 0
         runtime = build(portable=args.portable, jobs=args.jobs)
         print(f"runtime {runtime.key}: {runtime.build_dir}")
         return 0
@@ -217,6 +238,10 @@ def _ggml_with_kernel_tests(name: str, what: str, cmake_flags: list[str], cxx: l
     return bin_dir
 
 
+def aarch64_name(variant: str) -> str:
+    return f"aarch64-{variant}-{_digest(patches_key().encode(), AARCH64_VARIANTS[variant].encode(), b'aarch64-ggml')}"
+
+
 def cross_build_aarch64(variant: str, jobs: int | None = None) -> Path:
     """Static ggml for aarch64 with -march from AARCH64_VARIANTS, plus the BM1 kernel tests; returns bin dir.
 
@@ -226,17 +251,57 @@ def cross_build_aarch64(variant: str, jobs: int | None = None) -> Path:
     if shutil.which("aarch64-linux-gnu-g++") is None:
         raise BimambaError("aarch64-linux-gnu-g++ not found (Debian: apt-get install g++-aarch64-linux-gnu qemu-user)")
     march = AARCH64_VARIANTS[variant]
-    key = _digest(patches_key().encode(), march.encode(), b"aarch64-ggml")
     return _ggml_with_kernel_tests(
-        f"aarch64-{variant}-{key}", f"aarch64 ({march})",
+        aarch64_name(variant), f"aarch64 ({march})",
         ["-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64", "-DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc",
          "-DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++", f"-DGGML_CPU_ARM_ARCH={march}"],
         ["aarch64-linux-gnu-g++", "-static"], jobs)
 
 
+def x86_avx2_name() -> str:
+    return f"x86-avx2-{_digest(patches_key().encode(), b'x86-avx2-ggml')}"
+
+
 def build_x86_avx2(jobs: int | None = None) -> Path:
     """Static ggml for x86-64 with AVX2 and FMA but no AVX-512, plus the BM1 kernel tests; returns bin dir."""
-    key = _digest(patches_key().encode(), b"x86-avx2-ggml")
     return _ggml_with_kernel_tests(
-        f"x86-avx2-{key}", "x86-64 AVX2 (no AVX-512)",
+        x86_avx2_name(), "x86-64 AVX2 (no AVX-512)",
         ["-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_BMI2=ON"], ["c++"], jobs)
+
+
+# -- The cache across patch sets ----------------------------------------------------------------------------
+# Every build above is named <family>-<16 hex digits>, with its log beside it as <name>.log. Entries of other
+# patch sets are never used again by this checkout; they stay until pruned, since another checkout may use them.
+_PATCH_SET_ENTRY = re.compile(r"(patched|build|x86-avx2|aarch64-[a-z]+)-[0-9a-f]{16}")
+
+
+def entries_in_use() -> set[str]:
+    """The cache entries that the patches as they are now use: the patched tree, the runtime built natively and
+    portably, and the kernel-test builds."""
+    return {patched_tree_name(), f"build-{runtime_key(False)}", f"build-{runtime_key(True)}", x86_avx2_name(),
+            *(aarch64_name(variant) for variant in AARCH64_VARIANTS)}
+
+
+def stale_entries() -> list[Path]:
+    """Builds, patched trees and their logs made from other patch sets (older checkouts)."""
+    in_use = entries_in_use()
+    stale = []
+    for path in sorted(upstream.cache_dir().iterdir()):
+        name = path.name.removesuffix(".log").removesuffix(".staging")
+        if _PATCH_SET_ENTRY.fullmatch(name) and name not in in_use:
+            stale.append(path)
+    return stale
+
+
+def prune() -> tuple[int, int]:
+    """Removes stale_entries(); returns how many and their bytes."""
+    removed = freed = 0
+    for path in stale_entries():
+        if path.is_dir() and not path.is_symlink():
+            freed += sum(f.lstat().st_size for f in path.rglob("*") if not f.is_dir() or f.is_symlink())
+            shutil.rmtree(path)
+        else:
+            freed += path.lstat().st_size
+            path.unlink()
+        removed += 1
+    return removed, freed
