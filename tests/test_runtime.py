@@ -120,6 +120,17 @@ def test_the_kernels_on_the_file_layout_match_the_reference_too(converted):
     assert cos.min() >= STORED_SIGNS_COSINE, f"worst position {cos.argmin()}: cosine {cos.min():.7f}"
 
 
+def test_one_thread_computes_what_two_do(converted):
+    """The thread count only splits the work (matmul strips, scan heads, rows), so one thread gives the two-thread
+    logits and greedy text bitwise. One thread also takes the path where each BM1 matmul prefetches the state of
+    the scan after it (patch 0020), which must change nothing but speed."""
+    _, model, tokens, ours = converted
+    one = runtime.load(model.path, n_ctx=256, n_threads=1)
+    assert np.array_equal(one.logits(tokens), ours)
+    prompt = tokens[:8]
+    assert list(one.generate(prompt, N_GREEDY)) == list(model.generate(prompt, N_GREEDY))
+
+
 def test_greedy_continuation_of_the_bimamba_pattern_matches_the_exact_reference(make_checkpoint, tmp_path):
     """Column scaling with a tied head, as Bi-Mamba ships: the exact reference's greedy text is reproduced."""
     directory = make_checkpoint(scaling="column")
