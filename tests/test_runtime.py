@@ -5,6 +5,7 @@ These need the built runtime (`bimamba-build`, run by `make test`); without it t
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -129,6 +130,37 @@ def test_one_thread_computes_what_two_do(converted):
     assert np.array_equal(one.logits(tokens), ours)
     prompt = tokens[:8]
     assert list(one.generate(prompt, N_GREEDY)) == list(model.generate(prompt, N_GREEDY))
+
+
+# Logits of a batch, then of a greedy decode (the prompt and every token generated one at a time), at 2 threads.
+DECODE_LOGITS = """
+import sys
+import numpy as np
+from bimamba_edge import runtime
+path, out, n_greedy, *tokens = sys.argv[1:]
+model = runtime.load(path, n_ctx=256, n_threads=2)
+tokens = list(map(int, tokens))
+batch = model.logits(tokens)
+list(model.generate(tokens[:8], int(n_greedy)))
+np.savez(out, batch=batch, decode=np.array(model.llama.scores[: model.llama.n_tokens]))
+"""
+
+
+def test_the_column_scale_fused_into_the_matmul_keeps_the_bits(converted, tmp_path):
+    """FBI-Linear's column scale x * a feeds a BM1 matmul, which applies it as it quantizes x (patch 0021 fuses
+    the MUL away): in a batch and in decode, the logits are bitwise those of the graph with every CPU fusion off."""
+    _, model, tokens, _ = converted
+    out = tmp_path / "logits.npz"
+
+    def logits(**env):
+        proc = subprocess.run([sys.executable, "-c", DECODE_LOGITS, *map(str, [model.path, out, N_GREEDY, *tokens])],
+                              env={**os.environ, **env}, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        with np.load(out) as saved:
+            return saved["batch"], saved["decode"]
+
+    fused, unfused = logits(), logits(GGML_CPU_DISABLE_FUSION="1")
+    assert all(np.array_equal(a, b) for a, b in zip(fused, unfused))
 
 
 def test_greedy_continuation_of_the_bimamba_pattern_matches_the_exact_reference(make_checkpoint, tmp_path):
