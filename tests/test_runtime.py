@@ -146,9 +146,11 @@ np.savez(out, batch=batch, decode=np.array(model.llama.scores[: model.llama.n_to
 """
 
 
-def test_the_column_scale_fused_into_the_matmul_keeps_the_bits(converted, tmp_path):
+def test_the_column_scale_and_shift_fused_into_the_matmul_keep_the_bits(converted, tmp_path):
     """FBI-Linear's column scale x * a feeds a BM1 matmul, which applies it as it quantizes x (patch 0021 fuses
-    the MUL away): in a batch and in decode, the logits are bitwise those of the graph with every CPU fusion off."""
+    the MUL away), and adds the shift b · x to its outputs with the dot of the one-row F32 matmul it replaces (patch
+    0022 fuses that matmul and its ADD away): in a batch and in decode, the logits are bitwise those of the graph with
+    every CPU fusion off."""
     _, model, tokens, _ = converted
     out = tmp_path / "logits.npz"
 
