@@ -32,6 +32,8 @@ VARIANTS = {
     # fp16 rounding makes ~1e-6 of N(0, 0.02) latents exactly 0; 1e-4 is generous and still leaves dozens
     "fp16_latents_with_zeros": dict(dtype="float16", zero_fraction=1e-4),
     "bf16_sharded": dict(dtype="bfloat16", file_format="sharded"),
+    # real Mamba-2's d_state, whose batches an AVX-512 build scans with each state row in registers (patch 0028)
+    "d_state_128": dict(config=small_config(d_state=128)),
 }
 N_TOKENS = 64
 N_GREEDY = 32
@@ -183,11 +185,12 @@ def test_dense_mamba2_export_matches_too(make_checkpoint, tmp_path):
     assert cos.min() >= 0.99999
 
 
-def test_f16_state_rounds_as_the_reference_does(make_checkpoint, tmp_path):
+@pytest.mark.parametrize("d_state", [16, 128])
+def test_f16_state_rounds_as_the_reference_does(make_checkpoint, tmp_path, d_state):
     """--state-type f16 keeps the SSM state in f16 between tokens: the runtime follows a reference that rounds
     its state the same way, over a prompt (one batch) and a greedy continuation (token by token), and stays
     within the fidelity bar of the exact f32 reference."""
-    directory = make_checkpoint(scaling="column")
+    directory = make_checkpoint(config=small_config(d_state=d_state), scaling="column")
     ckpt = Checkpoint(directory)
     gguf_path = convert(directory, tmp_path / "m.gguf", "--head-type", "f32")
     tokens = torch.randint(1, ckpt.config.vocab_size, (N_TOKENS,), generator=torch.Generator().manual_seed(5)).tolist()
@@ -274,6 +277,18 @@ def test_sequences_decoded_together_match_one_at_a_time(make_checkpoint, tmp_pat
                 assert np.array_equal(together[step][seq], logits[position]), (seq, step)
             else:
                 assert np.allclose(together[step][seq], logits[position], rtol=1e-2, atol=1e-2), (seq, step)
+
+
+@pytest.mark.parametrize("state_type", ["f32", "f16"])
+def test_a_prompt_in_one_batch_ends_where_token_by_token_decoding_does(make_checkpoint, tmp_path, state_type):
+    """40 tokens as one batch (an AVX-512 build scans them 16 at a time with d_state 128, patch 0028) and as 40
+    single-token batches: the same last logits. On the Zen 4 this was written on they are bitwise equal; the bar
+    leaves room for kernels that sum a batch in another order."""
+    gguf_path = convert(make_checkpoint(config=small_config(d_state=128)), tmp_path / "m.gguf", "--state-type", state_type)
+    tokens = [1 + (37 * i) % 300 for i in range(40)]
+    batch = decode_together(gguf_path, [[tokens]])[0][0]
+    one_by_one = decode_together(gguf_path, [[[token]] for token in tokens])[-1][0]
+    assert np.allclose(batch, one_by_one, rtol=1e-5, atol=1e-5), np.abs(batch - one_by_one).max()
 
 
 def test_one_sequence_runs_the_fused_in_place_conv_and_scan(make_checkpoint, tmp_path):
